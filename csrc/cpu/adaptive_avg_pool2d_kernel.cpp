@@ -1,0 +1,111 @@
+// adaptive_avg_pool2d on the CPU: output cell (i, j) averages the input rows
+// [floor(i*H/OH), ceil((i+1)*H/OH)) and the matching columns, so any output
+// size works; a 1x1 output is global average pooling. The backward spreads
+// each gradient evenly over its cell.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "pycnn/checks.h"
+
+namespace pycnn {
+namespace {
+
+template <typename scalar_t>
+void adaptive_avg_pool2d_forward_kernel(
+    const scalar_t* input, scalar_t* output, int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
+    int64_t out_w) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, planes * out_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / out_h;
+      const int64_t oh = task % out_h;
+      const int64_t h0 = adaptive_start(oh, in_h, out_h);
+      const int64_t h1 = adaptive_end(oh, in_h, out_h);
+      const scalar_t* x = input + plane * in_h * in_w;
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const int64_t w0 = adaptive_start(ow, in_w, out_w);
+        const int64_t w1 = adaptive_end(ow, in_w, out_w);
+        acc_t sum = 0;
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            sum += x[h * in_w + w];
+          }
+        }
+        output[task * out_w + ow] = static_cast<scalar_t>(sum / static_cast<acc_t>((h1 - h0) * (w1 - w0)));
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void adaptive_avg_pool2d_backward_kernel(
+    const scalar_t* grad_output, scalar_t* grad_input, int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
+    int64_t out_w) {
+  // Cells may overlap (when the sizes do not divide); each plane is written
+  // by one task only.
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      scalar_t* dx = grad_input + plane * in_h * in_w;
+      const scalar_t* dy = grad_output + plane * out_h * out_w;
+      for (int64_t oh = 0; oh < out_h; ++oh) {
+        const int64_t h0 = adaptive_start(oh, in_h, out_h);
+        const int64_t h1 = adaptive_end(oh, in_h, out_h);
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          const int64_t w0 = adaptive_start(ow, in_w, out_w);
+          const int64_t w1 = adaptive_end(ow, in_w, out_w);
+          const scalar_t share = dy[oh * out_w + ow] / static_cast<scalar_t>((h1 - h0) * (w1 - w0));
+          for (int64_t h = h0; h < h1; ++h) {
+            for (int64_t w = w0; w < w1; ++w) {
+              dx[h * in_w + w] += share;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+Tensor adaptive_avg_pool2d_cpu(const Tensor& input_arg, IntArrayRef output_size) {
+  const auto output_shape = adaptive_avg_pool2d_output_shape(input_arg, output_size);
+  Tensor output = at::empty(output_shape, input_arg.options());
+  if (output.numel() == 0) {
+    return output;
+  }
+  const Tensor input = input_arg.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_adaptive_avg_pool2d_cpu", [&] {
+    adaptive_avg_pool2d_forward_kernel<scalar_t>(
+        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1),
+        input.size(2), input.size(3), output_size[0], output_size[1]);
+  });
+  return output;
+}
+
+Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output_arg, const Tensor& input) {
+  constexpr const char* op = "pycnn.adaptive_avg_pool2d_backward";
+  TORCH_CHECK(grad_output_arg.dim() == 4, op, ": expected grad_output of rank 4, got ", grad_output_arg.sizes());
+  const auto output_shape =
+      adaptive_avg_pool2d_output_shape(input, {grad_output_arg.size(2), grad_output_arg.size(3)});
+  check_grad_output(op, grad_output_arg, input, output_shape);
+  Tensor grad_input = at::zeros(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (grad_output_arg.numel() == 0) {
+    return grad_input;
+  }
+  const Tensor grad_output = grad_output_arg.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_adaptive_avg_pool2d_backward_cpu", [&] {
+    adaptive_avg_pool2d_backward_kernel<scalar_t>(
+        grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+        input.size(0) * input.size(1), input.size(2), input.size(3), grad_output.size(2), grad_output.size(3));
+  });
+  return grad_input;
+}
+
+TORCH_LIBRARY_IMPL(pycnn, CPU, m) {
+  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cpu);
+  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cpu);
+}
+
+}  // namespace pycnn

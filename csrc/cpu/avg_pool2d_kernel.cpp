@@ -1,0 +1,119 @@
+// avg_pool2d on the CPU: each output is the sum over its window, clipped to
+// the input, divided by PyTorch's divisor (see avg_pool_window in window.h).
+// The backward spreads each gradient evenly over the same window.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "pycnn/checks.h"
+
+namespace pycnn {
+namespace {
+
+struct AvgPoolArgs {
+  int64_t in_h, in_w, out_h, out_w;
+  IntArrayRef kernel, stride, padding;
+  bool count_include_pad;
+  int64_t divisor_override;  // 0: none
+
+  AvgWindow window(int64_t oh, int64_t ow) const {
+    return avg_pool_window(
+        oh, ow, in_h, in_w, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], count_include_pad,
+        divisor_override);
+  }
+};
+
+template <typename scalar_t>
+void avg_pool2d_forward_kernel(const scalar_t* input, scalar_t* output, int64_t planes, const AvgPoolArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, planes * a.out_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / a.out_h;
+      const int64_t oh = task % a.out_h;
+      const scalar_t* x = input + plane * a.in_h * a.in_w;
+      for (int64_t ow = 0; ow < a.out_w; ++ow) {
+        const AvgWindow win = a.window(oh, ow);
+        acc_t sum = 0;
+        for (int64_t h = win.h0; h < win.h1; ++h) {
+          for (int64_t w = win.w0; w < win.w1; ++w) {
+            sum += x[h * a.in_w + w];
+          }
+        }
+        // A window clipped to nothing averages nothing: 0, as PyTorch.
+        const bool empty = win.h0 >= win.h1 || win.w0 >= win.w1;
+        output[task * a.out_w + ow] = empty ? scalar_t(0) : static_cast<scalar_t>(sum / win.divisor);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void avg_pool2d_backward_kernel(const scalar_t* grad_output, scalar_t* grad_input, int64_t planes, const AvgPoolArgs& a) {
+  // Windows overlap; each plane is written by one task only.
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      scalar_t* dx = grad_input + plane * a.in_h * a.in_w;
+      const scalar_t* dy = grad_output + plane * a.out_h * a.out_w;
+      for (int64_t oh = 0; oh < a.out_h; ++oh) {
+        for (int64_t ow = 0; ow < a.out_w; ++ow) {
+          const AvgWindow win = a.window(oh, ow);
+          const scalar_t share = dy[oh * a.out_w + ow] / static_cast<scalar_t>(win.divisor);
+          for (int64_t h = win.h0; h < win.h1; ++h) {
+            for (int64_t w = win.w0; w < win.w1; ++w) {
+              dx[h * a.in_w + w] += share;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+Tensor avg_pool2d_cpu(
+    const Tensor& input_arg, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
+    bool count_include_pad, std::optional<int64_t> divisor_override) {
+  const auto output_shape =
+      avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
+  Tensor output = at::empty(output_shape, input_arg.options());
+  if (output.numel() == 0) {
+    return output;
+  }
+  const Tensor input = input_arg.contiguous();
+  const AvgPoolArgs args{input.size(2), input.size(3), output.size(2), output.size(3), kernel_size, stride,
+                         padding, count_include_pad, divisor_override.value_or(0)};
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_avg_pool2d_cpu", [&] {
+    avg_pool2d_forward_kernel<scalar_t>(
+        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), args);
+  });
+  return output;
+}
+
+Tensor avg_pool2d_backward_cpu(
+    const Tensor& grad_output_arg, const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
+    IntArrayRef padding, bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  const auto output_shape = avg_pool2d_output_shape(input, kernel_size, stride, padding, ceil_mode, divisor_override);
+  check_grad_output("pycnn.avg_pool2d_backward", grad_output_arg, input, output_shape);
+  Tensor grad_input = at::zeros(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (grad_output_arg.numel() == 0) {
+    return grad_input;
+  }
+  const Tensor grad_output = grad_output_arg.contiguous();
+  const AvgPoolArgs args{input.size(2), input.size(3), grad_output.size(2), grad_output.size(3), kernel_size,
+                         stride, padding, count_include_pad, divisor_override.value_or(0)};
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_avg_pool2d_backward_cpu", [&] {
+    avg_pool2d_backward_kernel<scalar_t>(
+        grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+        input.size(0) * input.size(1), args);
+  });
+  return grad_input;
+}
+
+TORCH_LIBRARY_IMPL(pycnn, CPU, m) {
+  m.impl("avg_pool2d", &avg_pool2d_cpu);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);
+}
+
+}  // namespace pycnn

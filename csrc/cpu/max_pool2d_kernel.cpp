@@ -1,0 +1,118 @@
+// max_pool2d on the CPU: one pass over each window, in PyTorch's order.
+//
+// The index of a maximum is its flat position h * W + w inside its (n, c)
+// plane, as torch.nn.functional.max_pool2d(return_indices=True) gives it. The
+// backward routes each gradient to that position.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "pycnn/checks.h"
+
+namespace pycnn {
+namespace {
+
+template <typename scalar_t>
+void max_pool2d_forward_kernel(
+    const scalar_t* input, scalar_t* output, int64_t* indices, int64_t planes, int64_t in_h, int64_t in_w,
+    int64_t out_h, int64_t out_w, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
+  // One task is one output row of one plane: enough tasks to fill every core
+  // even when there are few planes.
+  at::parallel_for(0, planes * out_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / out_h;
+      const int64_t oh = task % out_h;
+      const scalar_t* x = input + plane * in_h * in_w;
+      const MaxWindow rows = max_pool_window(oh, in_h, kernel[0], padding[0], stride[0], dilation[0]);
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const MaxWindow cols = max_pool_window(ow, in_w, kernel[1], padding[1], stride[1], dilation[1]);
+        // As PyTorch: start from -inf at the window's first element; a NaN
+        // always wins (NaN > x is false, so test it explicitly), the last
+        // NaN of the window if there are several.
+        int64_t best_index = rows.start * in_w + cols.start;
+        scalar_t best = -std::numeric_limits<scalar_t>::infinity();
+        for (int64_t h = rows.start; h < rows.end; h += dilation[0]) {
+          for (int64_t w = cols.start; w < cols.end; w += dilation[1]) {
+            const scalar_t value = x[h * in_w + w];
+            if (value > best || std::isnan(value)) {
+              best = value;
+              best_index = h * in_w + w;
+            }
+          }
+        }
+        output[task * out_w + ow] = best;
+        indices[task * out_w + ow] = best_index;
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void max_pool2d_backward_kernel(
+    const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input, int64_t planes, int64_t in_size,
+    int64_t out_size) {
+  // Windows overlap, so two outputs may route to one input element; a plane
+  // is only ever written by the task that owns it, so planes run in parallel.
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      scalar_t* dx = grad_input + plane * in_size;
+      const scalar_t* dy = grad_output + plane * out_size;
+      const int64_t* idx = indices + plane * out_size;
+      for (int64_t k = 0; k < out_size; ++k) {
+        TORCH_CHECK(
+            idx[k] >= 0 && idx[k] < in_size, "pycnn.max_pool2d_backward: index ", idx[k],
+            " is outside the input plane of ", in_size, " elements");
+        dx[idx[k]] += dy[k];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> max_pool2d_cpu(
+    const Tensor& input_arg, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+    bool ceil_mode) {
+  const auto output_shape = max_pool2d_output_shape(input_arg, kernel_size, stride, padding, dilation, ceil_mode);
+  Tensor output = at::empty(output_shape, input_arg.options());
+  Tensor indices = at::empty(output_shape, input_arg.options().dtype(at::kLong));
+  if (output.numel() == 0) {
+    return {output, indices};
+  }
+  const Tensor input = input_arg.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_max_pool2d_cpu", [&] {
+    max_pool2d_forward_kernel<scalar_t>(
+        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(),
+        input.size(0) * input.size(1), input.size(2), input.size(3), output.size(2), output.size(3), kernel_size,
+        stride, padding, dilation);
+  });
+  return {output, indices};
+}
+
+Tensor max_pool2d_backward_cpu(const Tensor& grad_output_arg, const Tensor& input, const Tensor& indices_arg) {
+  constexpr const char* op = "pycnn.max_pool2d_backward";
+  check_max_pool2d_backward(op, grad_output_arg, input, indices_arg);
+  Tensor grad_input = at::zeros(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (grad_output_arg.numel() == 0) {
+    return grad_input;
+  }
+  const Tensor grad_output = grad_output_arg.contiguous();
+  const Tensor indices = indices_arg.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_max_pool2d_backward_cpu", [&] {
+    max_pool2d_backward_kernel<scalar_t>(
+        grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+        grad_input.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), input.size(2) * input.size(3),
+        grad_output.size(2) * grad_output.size(3));
+  });
+  return grad_input;
+}
+
+TORCH_LIBRARY_IMPL(pycnn, CPU, m) {
+  m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
+}
+
+}  // namespace pycnn

@@ -1,0 +1,95 @@
+// Index arithmetic shared by the CPU and CUDA kernels: output sizes, window
+// bounds, the ceil_mode rule and the average-pooling divisor. Keeping it in one
+// place means the CPU tests exercise exactly the arithmetic the GPU runs.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define PYCNN_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define PYCNN_HOST_DEVICE inline
+#endif
+
+namespace pycnn {
+
+// Floor division that is correct for negative numerators (C++ truncates).
+PYCNN_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+// Number of positions of a dilated kernel that fit in a padded input:
+// floor((in + 2p - d(k-1) - 1) / s) + 1. May be <= 0; callers check.
+PYCNN_HOST_DEVICE int64_t corr2d_output_size(
+    int64_t in, int64_t kernel, int64_t pad, int64_t stride, int64_t dilation) {
+  return floor_div(in + 2 * pad - dilation * (kernel - 1) - 1, stride) + 1;
+}
+
+// Pooling output size with PyTorch's ceil_mode rule: rounding up may add one
+// window, but never one that starts beyond the input and its left padding.
+PYCNN_HOST_DEVICE int64_t pooling_output_size(
+    int64_t in, int64_t kernel, int64_t pad, int64_t stride, int64_t dilation, bool ceil_mode) {
+  int64_t out = floor_div(in + 2 * pad - dilation * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0), stride) + 1;
+  if (ceil_mode && (out - 1) * stride >= in + pad) {
+    --out;
+  }
+  return out;
+}
+
+// Adaptive pooling: output cell i covers [floor(i*in/out), ceil((i+1)*in/out)).
+PYCNN_HOST_DEVICE int64_t adaptive_start(int64_t i, int64_t in, int64_t out) {
+  return (i * in) / out;
+}
+PYCNN_HOST_DEVICE int64_t adaptive_end(int64_t i, int64_t in, int64_t out) {
+  return ((i + 1) * in + out - 1) / out;
+}
+
+// A max-pooling window along one axis: positions start, start+dilation, ...
+// (< end), all inside the input. start is the first non-negative position.
+struct MaxWindow {
+  int64_t start;
+  int64_t end;
+};
+PYCNN_HOST_DEVICE MaxWindow max_pool_window(
+    int64_t out_index, int64_t in, int64_t kernel, int64_t pad, int64_t stride, int64_t dilation) {
+  int64_t start = out_index * stride - pad;
+  const int64_t end = start + (kernel - 1) * dilation + 1 < in ? start + (kernel - 1) * dilation + 1 : in;
+  while (start < 0) {
+    start += dilation;
+  }
+  return {start, end};
+}
+
+// An average-pooling window in 2-D, clipped to the input, with the divisor
+// PyTorch uses: divisor_override if given (non-zero; 0 means not given), else the window's area
+// including padding (count_include_pad) or excluding it.
+struct AvgWindow {
+  int64_t h0, h1, w0, w1;
+  int64_t divisor;
+};
+PYCNN_HOST_DEVICE AvgWindow avg_pool_window(
+    int64_t oh, int64_t ow, int64_t in_h, int64_t in_w, int64_t kernel_h, int64_t kernel_w,
+    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, bool count_include_pad,
+    int64_t divisor_override) {
+  int64_t h0 = oh * stride_h - pad_h;
+  int64_t w0 = ow * stride_w - pad_w;
+  int64_t h1 = h0 + kernel_h < in_h + pad_h ? h0 + kernel_h : in_h + pad_h;
+  int64_t w1 = w0 + kernel_w < in_w + pad_w ? w0 + kernel_w : in_w + pad_w;
+  const int64_t padded_area = (h1 - h0) * (w1 - w0);
+  h0 = h0 > 0 ? h0 : 0;
+  w0 = w0 > 0 ? w0 : 0;
+  h1 = h1 < in_h ? h1 : in_h;
+  w1 = w1 < in_w ? w1 : in_w;
+  int64_t divisor;
+  if (divisor_override != 0) {
+    divisor = divisor_override;
+  } else if (count_include_pad) {
+    divisor = padded_area;
+  } else {
+    divisor = (h1 - h0) * (w1 - w0);
+  }
+  return {h0, h1, w0, w1, divisor};
+}
+
+}  // namespace pycnn

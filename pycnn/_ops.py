@@ -1,0 +1,211 @@
+"""Fake kernels and autograd formulas of the pycnn operators.
+
+The compiled library (csrc/) defines the schemas and the CPU/CUDA kernels.
+Here, each operator gets a fake kernel -- the output's shape and dtype without
+computing it, so torch.export, torch.compile and the ONNX exporter can trace
+it -- and each forward operator its backward, which is itself a pycnn operator.
+The shape arithmetic mirrors csrc/include/pycnn/window.h and works on
+symbolic sizes (a dynamic batch dimension).
+"""
+import torch
+
+ops = torch.ops.pycnn
+
+
+def _corr2d_output_size(size, kernel, padding, stride, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pooling_output_size(size, kernel, padding, stride, dilation, ceil_mode):
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    # ceil_mode may add a window, but never one that starts past the input
+    # and its left padding.
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _accumulation_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+# --- fake kernels -------------------------------------------------------------
+
+
+@torch.library.register_fake("pycnn::corr2d")
+def _corr2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    n, _, h, w = input.shape
+    out_h = _corr2d_output_size(h, weight.shape[2], padding[0], stride[0], dilation[0])
+    out_w = _corr2d_output_size(w, weight.shape[3], padding[1], stride[1], dilation[1])
+    return input.new_empty((n, weight.shape[0], out_h, out_w))
+
+
+@torch.library.register_fake("pycnn::corr2d_backward_input")
+def _corr2d_backward_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
+    return grad_output.new_empty(input_size)
+
+
+@torch.library.register_fake("pycnn::corr2d_backward_weight")
+def _corr2d_backward_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups):
+    return grad_output.new_empty(weight_size), grad_output.new_empty((weight_size[0],))
+
+
+@torch.library.register_fake("pycnn::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    n, c, h, w = input.shape
+    out_h = _pooling_output_size(h, kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode)
+    out_w = _pooling_output_size(w, kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode)
+    return input.new_empty((n, c, out_h, out_w)), input.new_empty((n, c, out_h, out_w), dtype=torch.int64)
+
+
+@torch.library.register_fake("pycnn::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, input, indices):
+    return input.new_empty(input.shape)
+
+
+@torch.library.register_fake("pycnn::avg_pool2d")
+def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    n, c, h, w = input.shape
+    out_h = _pooling_output_size(h, kernel_size[0], padding[0], stride[0], 1, ceil_mode)
+    out_w = _pooling_output_size(w, kernel_size[1], padding[1], stride[1], 1, ceil_mode)
+    return input.new_empty((n, c, out_h, out_w))
+
+
+@torch.library.register_fake("pycnn::avg_pool2d_backward")
+def _avg_pool2d_backward_fake(
+    grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+):
+    return input.new_empty(input.shape)
+
+
+@torch.library.register_fake("pycnn::adaptive_avg_pool2d")
+def _adaptive_avg_pool2d_fake(input, output_size):
+    n, c = input.shape[:2]
+    return input.new_empty((n, c, output_size[0], output_size[1]))
+
+
+@torch.library.register_fake("pycnn::adaptive_avg_pool2d_backward")
+def _adaptive_avg_pool2d_backward_fake(grad_output, input):
+    return input.new_empty(input.shape)
+
+
+@torch.library.register_fake("pycnn::batch_norm")
+def _batch_norm_fake(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    channels = input.shape[1]
+    stats_dtype = _accumulation_dtype(input.dtype)
+    running_shape = (0,) if running_mean is None else (channels,)
+    return (
+        input.new_empty(input.shape),
+        input.new_empty((channels,), dtype=stats_dtype),
+        input.new_empty((channels,), dtype=stats_dtype),
+        input.new_empty(running_shape),
+        input.new_empty(running_shape),
+    )
+
+
+@torch.library.register_fake("pycnn::batch_norm_backward")
+def _batch_norm_backward_fake(grad_output, input, weight, save_mean, save_invstd, used_batch_stats):
+    channels = input.shape[1]
+    return input.new_empty(input.shape), input.new_empty((channels,)), input.new_empty((channels,))
+
+
+# --- autograd -----------------------------------------------------------------
+
+
+def _corr2d_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.args = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _corr2d_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.corr2d_backward_input(grad_output, weight, input.shape, *ctx.args)
+    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+        grad_weight, grad_bias = ops.corr2d_backward_weight(grad_output, input, weight.shape, *ctx.args)
+        grad_weight = grad_weight if ctx.needs_input_grad[1] else None
+        grad_bias = grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+torch.library.register_autograd("pycnn::corr2d", _corr2d_backward, setup_context=_corr2d_setup_context)
+
+
+def _max_pool2d_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _max_pool2d_backward(ctx, grad_output, grad_indices):
+    input, indices = ctx.saved_tensors
+    return ops.max_pool2d_backward(grad_output, input, indices), None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "pycnn::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context
+)
+
+
+def _avg_pool2d_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.args = inputs[1:]
+
+
+def _avg_pool2d_backward(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    return (ops.avg_pool2d_backward(grad_output, input, *ctx.args),) + (None,) * 6
+
+
+torch.library.register_autograd(
+    "pycnn::avg_pool2d", _avg_pool2d_backward, setup_context=_avg_pool2d_setup_context
+)
+
+
+def _adaptive_avg_pool2d_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _adaptive_avg_pool2d_backward(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    return ops.adaptive_avg_pool2d_backward(grad_output, input), None
+
+
+torch.library.register_autograd(
+    "pycnn::adaptive_avg_pool2d",
+    _adaptive_avg_pool2d_backward,
+    setup_context=_adaptive_avg_pool2d_setup_context,
+)
+
+
+def _batch_norm_setup_context(ctx, inputs, output):
+    input, weight, bias, running_mean, running_var, training, momentum, eps = inputs
+    _, save_mean, save_invstd, new_running_mean, new_running_var = output
+    ctx.save_for_backward(input, weight, save_mean, save_invstd)
+    ctx.used_batch_stats = training or running_mean is None
+    ctx.mark_non_differentiable(save_mean, save_invstd, new_running_mean, new_running_var)
+
+
+def _batch_norm_backward(ctx, grad_output, *grad_statistics):
+    input, weight, save_mean, save_invstd = ctx.saved_tensors
+    grad_input, grad_weight, grad_bias = ops.batch_norm_backward(
+        grad_output, input, weight, save_mean, save_invstd, ctx.used_batch_stats
+    )
+    needs = ctx.needs_input_grad
+    return (
+        grad_input if needs[0] else None,
+        grad_weight if needs[1] else None,
+        grad_bias if needs[2] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "pycnn::batch_norm", _batch_norm_backward, setup_context=_batch_norm_setup_context
+)
