@@ -1,0 +1,59 @@
+// Launch and reduction helpers shared by pycnn's CUDA kernels.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pycnn::cuda {
+
+// Threads per block of every kernel. A multiple of the warp size, as
+// block_sum requires.
+constexpr int kThreadsPerBlock = 256;
+
+// Blocks for a grid-stride loop over `count` items (count >= 1). The cap keeps
+// the grid small enough to launch on any device; each thread then loops over
+// several items, which is why every elementwise kernel uses a grid-stride loop.
+inline unsigned int blocks_for(int64_t count) {
+  constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+  return static_cast<unsigned int>(std::min((count + kThreadsPerBlock - 1) / kThreadsPerBlock, kMaxBlocks));
+}
+
+// for (index = this thread's first item; index < count; index += threads in the grid).
+// 64-bit so that tensors with more than 2^31 elements are indexed correctly.
+#define PYCNN_GRID_STRIDE_LOOP(index, count)                                                       \
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < (count); \
+       index += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+// Sum of `value` over the 32 lanes of a warp; the result is valid in lane 0.
+// All lanes of the warp must call it.
+template <typename T>
+__device__ __forceinline__ T warp_sum(T value) {
+  for (int offset = C10_WARP_SIZE / 2; offset > 0; offset /= 2) {
+    value += __shfl_down_sync(0xffffffffu, value, offset);
+  }
+  return value;
+}
+
+// Sum of `value` over a block of kThreadsPerBlock threads; the result is valid
+// in thread 0. All threads of the block must call it.
+template <typename T>
+__device__ T block_sum(T value) {
+  __shared__ T warp_sums[kThreadsPerBlock / C10_WARP_SIZE];
+  const int lane = threadIdx.x % C10_WARP_SIZE;
+  const int warp = threadIdx.x / C10_WARP_SIZE;
+  value = warp_sum(value);
+  __syncthreads();  // a previous block_sum in the same kernel may still be reading warp_sums
+  if (lane == 0) {
+    warp_sums[warp] = value;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < kThreadsPerBlock / C10_WARP_SIZE ? warp_sums[lane] : T(0);
+    value = warp_sum(value);
+  }
+  return value;
+}
+
+}  // namespace pycnn::cuda
