@@ -16,6 +16,12 @@ import sys
 
 from setuptools import setup
 
+# torch derives CUDA_HOME from the nvcc on PATH; a wrapper script such as
+# /usr/local/bin/nvcc would make it /usr/local, where the CUDA headers are not.
+# Without an explicit CUDA_HOME, prefer the toolkit's standard location.
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -64,12 +70,24 @@ class BuildExtensionInTree(BuildExtension):
             self.copy_file(built, os.path.join(ROOT, PACKAGE, os.path.basename(built)))
 
 
+def pip_cuda_include_dirs():
+    """Headers of the CUDA libraries (cuBLAS, cuSPARSE, ...) that the PyPI CUDA
+    build of torch installs as nvidia-* packages; ATen's CUDA headers include
+    them, and a bare nvcc install may not have them."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return sorted({d for base in nvidia.__path__ for d in glob.glob(os.path.join(base, "*", "include"))})
+
+
 def make_extension():
     with_cuda, reason = cuda_decision()
     print(f"pycnn: building {'C++ and CUDA' if with_cuda else 'C++ only'} kernels: {reason}", flush=True)
     write_build_info(with_cuda)
 
-    sources = ["csrc/pycnn.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/pycnn.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
     cxx_flags = ["-O3", "-fopenmp"]
     extra_compile_args = {"cxx": cxx_flags}
     if with_cuda:
@@ -77,6 +95,7 @@ def make_extension():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
         print(f"pycnn: CUDA architectures: {os.environ.get('TORCH_CUDA_ARCH_LIST', 'those of the visible GPUs')}")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        include_dirs += pip_cuda_include_dirs()
         extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         extension = CUDAExtension
     else:
@@ -84,7 +103,7 @@ def make_extension():
     return extension(
         name=f"{PACKAGE}._C",
         sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc", "include")],
+        include_dirs=include_dirs,
         extra_compile_args=extra_compile_args,
         extra_link_args=["-fopenmp"],
         py_limited_api=False,

@@ -1,21 +1,14 @@
 // The schema of every pycnn operator, in one place.
 //
+// This file has no Python in it: CMakeLists.txt builds it with the kernels
+// into a plain shared library for LibTorch programs; python_module.cpp adds
+// the module init that makes the same code importable as pycnn._C.
+//
 // Each device registers its kernels in its own file (cpu/<op>_kernel.cpp with
 // TORCH_LIBRARY_IMPL(pycnn, CPU, m), cuda/<op>_kernel.cu with
 // TORCH_LIBRARY_IMPL(pycnn, CUDA, m)). Fake (meta) kernels and autograd are
 // registered from Python (pycnn/_ops.py) once this library is loaded.
-#include <Python.h>
 #include <torch/library.h>
-
-// `import pycnn._C` must find a module init function; the operators register
-// themselves through static initialisers when the library is loaded.
-extern "C" {
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "pycnn's compiled operators (torch.ops.pycnn)", -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(pycnn, m) {
   // 2-D cross-correlation (what torch.nn.Conv2d computes). The backward is two

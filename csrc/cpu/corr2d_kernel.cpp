@@ -149,6 +149,9 @@ template <typename Body>
 void for_each_sample(int64_t batch, const Body& body) {
   if (batch >= at::get_num_threads() && at::get_num_threads() > 1) {
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      // Dispatch state is thread-local: worker threads need their own guard
+      // to skip autograd in the ATen GEMM calls (see corr2d_cpu).
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
       const int slot = at::get_thread_num();
       for (int64_t n = begin; n < end; ++n) {
         body(n, slot);
