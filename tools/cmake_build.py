@@ -13,8 +13,13 @@ import os
 import subprocess
 import sys
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME
+# As in setup.py: a wrapper /usr/local/bin/nvcc would make torch guess
+# CUDA_HOME=/usr/local; prefer the toolkit's standard location.
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
