@@ -93,6 +93,11 @@ def _batch_norm(
     momentum: float,
     eps: float,
 ) -> Tensor:
+    if not training and (running_mean is None or running_var is None):
+        # As torch.nn.functional (the operator itself would use batch statistics).
+        raise RuntimeError(
+            f"{'running_mean' if running_mean is None else 'running_var'} must be defined in evaluation mode"
+        )
     if training:
         # As torch.nn.functional: batch statistics of a single value are meaningless.
         values_per_channel = input.size(0)

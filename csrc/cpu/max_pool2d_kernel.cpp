@@ -62,10 +62,13 @@ void max_pool2d_backward_kernel(
       const scalar_t* dy = grad_output + plane * out_size;
       const int64_t* idx = indices + plane * out_size;
       for (int64_t k = 0; k < out_size; ++k) {
-        TORCH_CHECK(
-            idx[k] >= 0 && idx[k] < in_size, "pycnn.max_pool2d_backward: index ", idx[k],
-            " is outside the input plane of ", in_size, " elements");
-        dx[idx[k]] += dy[k];
+        // A window that lies entirely in the padding (possible with dilation)
+        // has the maximum -inf and an index past the plane, as in PyTorch; it
+        // routes its gradient nowhere. Any other out-of-range index is skipped
+        // too rather than written out of bounds.
+        if (idx[k] >= 0 && idx[k] < in_size) {
+          dx[idx[k]] += dy[k];
+        }
       }
     }
   });

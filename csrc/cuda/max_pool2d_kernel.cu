@@ -84,7 +84,12 @@ __global__ void max_pool2d_backward_kernel(
   using opmath_t = at::opmath_type<scalar_t>;
   PYCNN_GRID_STRIDE_LOOP(index, planes * out_plane) {
     const int64_t argmax = indices[index];
-    CUDA_KERNEL_ASSERT(argmax >= 0 && argmax < in_plane);
+    // A window entirely in the padding (possible with dilation) has the
+    // maximum -inf and an index past the plane, as in PyTorch: it routes its
+    // gradient nowhere. Any other out-of-range index is skipped as well.
+    if (argmax < 0 || argmax >= in_plane) {
+      continue;
+    }
     const int64_t plane = index / out_plane;
     gpuAtomicAdd(grad_input_sum + plane * in_plane + argmax, static_cast<opmath_t>(grad_output[index]));
   }

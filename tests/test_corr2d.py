@@ -1,0 +1,257 @@
+"""pycnn.functional.conv2d / torch.ops.pycnn.corr2d* against torch.nn.functional.conv2d."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_close_scaled, check_grad_output_layouts, compare_with_native
+
+# (N, C, H, W, out_channels, kernel, stride, padding, dilation, groups)
+GRID = {
+    "odd_sizes": (2, 3, 7, 9, 5, (3, 3), 1, 0, 1, 1),
+    "odd_sizes_padded": (3, 3, 9, 7, 4, (3, 5), 1, 1, 1, 1),
+    "kernel_1x1": (2, 4, 6, 5, 3, (1, 1), 1, 0, 1, 1),
+    "kernel_1x1_stride2": (2, 4, 7, 6, 3, (1, 1), 2, 0, 1, 1),
+    "kernel_eq_input": (2, 3, 5, 4, 2, (5, 4), 1, 0, 1, 1),
+    "kernel_eq_input_padded": (2, 3, 5, 4, 2, (5, 4), 1, (2, 1), 1, 1),
+    "stride_gt_kernel": (2, 3, 11, 10, 4, (2, 2), 3, 0, 1, 1),
+    "stride_gt_kernel_padded": (2, 3, 11, 10, 4, (2, 3), (4, 3), 1, 1, 1),
+    "dilation_padding": (2, 2, 9, 8, 3, (3, 3), 1, 2, 2, 1),
+    "dilation_padding_stride": (2, 2, 10, 11, 3, (3, 2), 2, (2, 1), (2, 3), 1),
+    "asymmetric": (2, 3, 8, 9, 4, (2, 3), (1, 2), (1, 0), (2, 1), 1),
+    "asymmetric_2": (1, 2, 12, 7, 2, (4, 1), (3, 1), (0, 1), (1, 1), 1),
+    "groups_1": (2, 6, 6, 7, 6, (3, 3), 1, 1, 1, 1),
+    "groups_2": (2, 6, 6, 7, 6, (3, 3), 1, 1, 1, 2),
+    "groups_3": (2, 6, 6, 7, 9, (3, 3), 1, 1, 1, 3),
+    "groups_6_depthwise": (2, 6, 6, 7, 6, (3, 3), 1, 1, 1, 6),
+    "groups_6_depthwise_multiplier": (2, 6, 6, 7, 12, (3, 3), 2, 1, 1, 6),
+    "groups_strided_dilated": (2, 4, 9, 9, 4, (2, 2), 2, 1, 2, 2),
+    "batch_1": (1, 3, 6, 6, 2, (3, 3), 1, 0, 1, 1),
+    "batch_many": (8, 2, 5, 5, 3, (3, 3), 1, 1, 1, 1),
+    "single_pixel_input": (2, 3, 1, 1, 2, (1, 1), 1, 0, 1, 1),
+    "single_pixel_padded": (2, 3, 1, 1, 2, (3, 3), 1, 1, 1, 1),
+}
+
+
+def _make(n, c, h, w, o, kernel, groups, dtype, device, bias=True):
+    x = torch.randn(n, c, h, w, dtype=dtype, device=device)
+    wt = torch.randn(o, c // groups, *kernel, dtype=dtype, device=device)
+    b = torch.randn(o, dtype=dtype, device=device) if bias else None
+    return x, wt, b
+
+
+@pytest.mark.parametrize("case", list(GRID), ids=list(GRID))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_conv2d_grid(PF, case, bias, device, any_dtype):
+    n, c, h, w, o, kernel, stride, padding, dilation, groups = GRID[case]
+    x, wt, b = _make(n, c, h, w, o, kernel, groups, any_dtype, device, bias)
+    compare_with_native(
+        PF.conv2d,
+        F.conv2d,
+        [x, wt, b, stride, padding, dilation, groups],
+    )
+
+
+@pytest.mark.parametrize("case", ["odd_sizes", "groups_3", "asymmetric"])
+def test_conv2d_keyword_arguments(PF, case, device):
+    n, c, h, w, o, kernel, stride, padding, dilation, groups = GRID[case]
+    x, wt, b = _make(n, c, h, w, o, kernel, groups, torch.float64, device)
+    kwargs = dict(bias=b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    torch.testing.assert_close(PF.conv2d(x, wt, **kwargs), F.conv2d(x, wt, **kwargs), rtol=1e-10, atol=1e-10)
+    # Defaults: bias=None, stride=1, padding=0, dilation=1, groups=1.
+    wt1 = torch.randn(o, c, *kernel, dtype=torch.float64, device=device)
+    torch.testing.assert_close(PF.conv2d(x, wt1), F.conv2d(x, wt1), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kernel,dilation",
+    [((3, 3), 1), ((2, 2), 1), ((2, 4), 1), ((3, 2), (2, 3)), ((1, 1), 1), ((4, 3), 2)],
+    ids=["3x3", "2x2_even", "2x4_even", "dilated_asym", "1x1", "4x3_dil2"],
+)
+def test_conv2d_padding_same(PF, kernel, dilation, device, dtype):
+    x = torch.randn(2, 3, 7, 8, dtype=dtype, device=device)
+    wt = torch.randn(4, 3, *kernel, dtype=dtype, device=device)
+    b = torch.randn(4, dtype=dtype, device=device)
+    cmp = compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, "same", dilation])
+    assert cmp.pycnn_out.shape[-2:] == x.shape[-2:]
+
+
+def test_conv2d_padding_valid(PF, device, dtype):
+    x = torch.randn(2, 3, 7, 8, dtype=dtype, device=device)
+    wt = torch.randn(4, 3, 3, 2, dtype=dtype, device=device)
+    compare_with_native(PF.conv2d, F.conv2d, [x, wt, None, 2, "valid"])
+    compare_with_native(PF.conv2d, F.conv2d, [x, wt, None], dict(padding="valid", stride=(1, 2)))
+
+
+def test_conv2d_padding_same_strided_rejected(PF, device):
+    x = torch.randn(1, 2, 5, 5, device=device)
+    wt = torch.randn(2, 2, 3, 3, device=device)
+    with pytest.raises((RuntimeError, ValueError), match="same"):
+        PF.conv2d(x, wt, stride=2, padding="same")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_conv2d_batch_zero(PF, bias, device, dtype):
+    x, wt, b = _make(0, 3, 6, 5, 4, (3, 3), 1, dtype, device, bias)
+    cmp = compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1])
+    assert cmp.pycnn_out.shape == (0, 4, 6, 5)
+    assert cmp.pycnn_grads[0].shape == x.shape
+    assert cmp.pycnn_grads[1].shape == wt.shape
+    assert torch.count_nonzero(cmp.pycnn_grads[1]) == 0
+    if bias:
+        assert torch.count_nonzero(cmp.pycnn_grads[2]) == 0
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv2d_unbatched(PF, groups, device, any_dtype):
+    x = torch.randn(4, 7, 6, dtype=any_dtype, device=device)
+    wt = torch.randn(6, 4 // groups, 3, 2, dtype=any_dtype, device=device)
+    b = torch.randn(6, dtype=any_dtype, device=device)
+    cmp = compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, (2, 1), 1, 1, groups])
+    assert cmp.pycnn_out.dim() == 3
+
+
+NONCONTIG_VIEWS = {
+    "transposed_hw": (lambda t: t.transpose(2, 3), (2, 3, 8, 7)),
+    "sliced_hw": (lambda t: t[:, :, 1:-1:2, ::2], (2, 3, 13, 12)),
+    "sliced_channels": (lambda t: t[:, 1::2], (2, 6, 7, 7)),
+    "permuted_batch": (lambda t: t.permute(1, 0, 2, 3), (3, 2, 6, 7)),
+}
+
+
+@pytest.mark.parametrize("view", list(NONCONTIG_VIEWS), ids=list(NONCONTIG_VIEWS))
+def test_conv2d_noncontiguous_input(PF, view, device, dtype):
+    fn, shape = NONCONTIG_VIEWS[view]
+    x = torch.randn(*shape, dtype=dtype, device=device)
+    assert not fn(x).is_contiguous()
+    c = fn(x).shape[1]
+    wt = torch.randn(4, c, 3, 3, dtype=dtype, device=device)
+    b = torch.randn(4, dtype=dtype, device=device)
+    cmp = compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1], views={0: fn})
+    assert cmp.pycnn_out.is_contiguous() or cmp.pycnn_out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_conv2d_noncontiguous_weight(PF, device, dtype):
+    x = torch.randn(2, 3, 7, 7, dtype=dtype, device=device)
+    wt = torch.randn(4, 3, 3, 3, dtype=dtype, device=device)
+    b = torch.randn(8, dtype=dtype, device=device)
+    compare_with_native(
+        PF.conv2d,
+        F.conv2d,
+        [x, wt, b, 1, 1],
+        views={1: lambda t: t.transpose(2, 3), 2: lambda t: t[::2]},
+    )
+
+
+@pytest.mark.parametrize("which", ["input", "weight", "both"])
+def test_conv2d_channels_last(PF, which, device, dtype):
+    x = torch.randn(2, 4, 7, 6, dtype=dtype, device=device)
+    wt = torch.randn(5, 4, 3, 3, dtype=dtype, device=device)
+    if which in ("input", "both"):
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert not x.is_contiguous()
+    if which in ("weight", "both"):
+        wt = wt.contiguous(memory_format=torch.channels_last)
+    b = torch.randn(5, dtype=dtype, device=device)
+    compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, (2, 1), 1])
+
+
+def test_conv2d_only_some_inputs_require_grad(PF, device, dtype):
+    x, wt, b = _make(2, 3, 6, 6, 4, (3, 3), 1, dtype, device)
+    compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1], grad=[0])
+    compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1], grad=[1])
+    compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1], grad=[2])
+    compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1], grad=[1, 2])
+
+
+def test_conv2d_no_grad_output_has_no_grad_fn(PF, device):
+    x, wt, b = _make(1, 2, 5, 5, 3, (3, 3), 1, torch.float32, device)
+    with torch.no_grad():
+        y = PF.conv2d(x.requires_grad_(), wt, b)
+    assert y.grad_fn is None and not y.requires_grad
+
+
+def test_conv2d_outputs_contiguous_op(ops, device):
+    x = torch.randn(2, 3, 7, 6, device=device).contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(4, 3, 3, 3, device=device)
+    y = ops.corr2d(x, wt, None, [1, 1], [1, 1], [1, 1], 1)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, F.conv2d(x, wt, padding=1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "case", ["odd_sizes_padded", "groups_3", "asymmetric", "dilation_padding_stride", "single_pixel_padded"]
+)
+def test_conv2d_gradcheck(ops, PF, case, device):
+    n, c, h, w, o, kernel, stride, padding, dilation, groups = GRID[case]
+    x, wt, b = _make(1, c, min(h, 6), min(w, 6), o, kernel, groups, torch.float64, device)
+    for t in (x, wt, b):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, wt, b: PF.conv2d(x, wt, b, stride, padding, dilation, groups), (x, wt, b), eps=1e-6, atol=1e-6
+    )
+
+    def op(x, wt, b):
+        s = stride if isinstance(stride, tuple) else (stride, stride)
+        p = padding if isinstance(padding, tuple) else (padding, padding)
+        d = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+        return ops.corr2d(x, wt, b, list(s), list(p), list(d), groups)
+
+    assert torch.autograd.gradcheck(op, (x, wt, b), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+# --- the backward operators directly -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case", ["odd_sizes", "stride_gt_kernel_padded", "dilation_padding_stride", "asymmetric", "groups_3",
+             "groups_6_depthwise_multiplier", "kernel_eq_input"]
+)
+def test_corr2d_backward_ops(ops, case, device, dtype):
+    n, c, h, w, o, kernel, stride, padding, dilation, groups = GRID[case]
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    s, p, d = pair(stride), pair(padding), pair(dilation)
+    x, wt, _ = _make(n, c, h, w, o, kernel, groups, dtype, device, bias=False)
+    y = F.conv2d(x, wt, None, s, p, d, groups)
+    go = torch.randn_like(y)
+
+    gi = ops.corr2d_backward_input(go, wt, list(x.shape), s, p, d, groups)
+    gi_ref = torch.nn.grad.conv2d_input(x.shape, wt, go, s, p, d, groups)
+    assert gi.shape == x.shape and gi.dtype == dtype and gi.is_contiguous()
+    assert_close_scaled(gi, gi_ref, dtype, "conv", msg="corr2d_backward_input")
+
+    gw, gb = ops.corr2d_backward_weight(go, x, list(wt.shape), s, p, d, groups)
+    gw_ref = torch.nn.grad.conv2d_weight(x, wt.shape, go, s, p, d, groups)
+    assert gw.shape == wt.shape and gw.dtype == dtype
+    assert_close_scaled(gw, gw_ref, dtype, "conv", msg="corr2d_backward_weight (weight)")
+    assert gb.shape == (o,)
+    assert_close_scaled(gb, go.sum((0, 2, 3)), dtype, "conv", msg="corr2d_backward_weight (bias)")
+
+
+def test_corr2d_backward_input_unread_positions(ops, device):
+    # With stride 3 and kernel 2 some input rows/cols are not read by any
+    # window: their gradient must be exactly zero.
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64, device=device)
+    wt = torch.randn(3, 2, 2, 2, dtype=torch.float64, device=device)
+    go = torch.randn(1, 3, 3, 3, dtype=torch.float64, device=device)
+    gi = ops.corr2d_backward_input(go, wt, [1, 2, 8, 8], [3, 3], [0, 0], [1, 1], 1)
+    assert gi.shape == (1, 2, 8, 8)
+    # windows start at 0, 3, 6 and cover rows/cols {0, 1, 3, 4, 6, 7}
+    for r in (2, 5):
+        assert torch.count_nonzero(gi[:, :, r]) == 0 and torch.count_nonzero(gi[:, :, :, r]) == 0
+    torch.testing.assert_close(gi, torch.nn.grad.conv2d_input(x.shape, wt, go, 3), rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_grad_output_layouts(PF, device, dtype):
+    x = torch.randn(2, 3, 7, 6, dtype=dtype, device=device)
+    w = torch.randn(4, 3, 3, 2, dtype=dtype, device=device)
+    b = torch.randn(4, dtype=dtype, device=device)
+    check_grad_output_layouts(
+        lambda x, w, b: PF.conv2d(x, w, b, (2, 1), 1), lambda x, w, b: F.conv2d(x, w, b, (2, 1), 1), [x, w, b]
+    )
+
+
+def test_conv2d_expanded_input(PF, device, dtype):
+    base = torch.randn(1, 3, 1, 6, dtype=dtype, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=dtype, device=device)
+    compare_with_native(PF.conv2d, F.conv2d, [base, w, None, 1, 1], views={0: lambda t: t.expand(2, 3, 5, 6)})
