@@ -1,10 +1,17 @@
 // corr2d on the CPU: im2col, then one BLAS GEMM per group.
 //
-// For every sample, the input patches that the kernel sees are unfolded into a
-// column matrix cols[C/g * kh * kw, OH * OW] (im2col); the output of group g is
-// then weight_g[O/g, C/g*kh*kw] @ cols_g. The backward runs the same GEMMs
+// The input patches that the kernel sees are unfolded into a column matrix
+// cols[C * kh * kw, samples * OH * OW] (im2col), the patches of a chunk of
+// consecutive samples side by side; the output of group g is then
+// weight_g[O/g, C/g*kh*kw] @ cols_g. The backward runs the same GEMMs
 // transposed: grad_cols = weight_gᵀ @ grad_out_g, folded back onto the input
 // (col2im), and grad_weight_g += grad_out_g @ cols_gᵀ.
+//
+// A chunk holds enough samples to make the GEMMs at least kMinGemmColumns
+// wide: for small images (a 3x3 map in ResNet's last stage) one sample alone
+// gives a skinny GEMM that streams the whole weight matrix to do almost no
+// work. With one sample per chunk, the output is written in place; with
+// several, the GEMM result [O, samples * L] is transposed into (N, O, OH, OW).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -14,6 +21,8 @@
 
 namespace pycnn {
 namespace {
+
+constexpr int64_t kMinGemmColumns = 1024;
 
 struct Corr2dGeometry {
   int64_t channels, height, width;       // input plane
@@ -61,10 +70,11 @@ inline void valid_range(
   *first = std::min(*first, *last);
 }
 
-// cols[(c*kh + i)*kw + j, oh*OW + ow] = x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside).
+// cols[(c*kh + i)*kw + j, oh*OW + ow] = x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
+// (0 outside), for one sample whose columns start at `cols` in a matrix
+// whose rows are `row_stride` apart.
 template <typename scalar_t>
-void im2col(const scalar_t* x, const Corr2dGeometry& g, scalar_t* cols) {
-  const int64_t L = g.column_cols();
+void im2col(const scalar_t* x, const Corr2dGeometry& g, scalar_t* cols, int64_t row_stride) {
   at::parallel_for(0, g.column_rows(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t j = row % g.kernel_w;
@@ -72,7 +82,7 @@ void im2col(const scalar_t* x, const Corr2dGeometry& g, scalar_t* cols) {
       const int64_t c = row / (g.kernel_w * g.kernel_h);
       int64_t ow_first, ow_last;
       valid_range(j * g.dilation_w, g.width, g.out_w, g.stride_w, g.pad_w, &ow_first, &ow_last);
-      scalar_t* dst_row = cols + row * L;
+      scalar_t* dst_row = cols + row * row_stride;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         scalar_t* dst = dst_row + oh * g.out_w;
         const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
@@ -99,8 +109,7 @@ void im2col(const scalar_t* x, const Corr2dGeometry& g, scalar_t* cols) {
 // element it was read from. Rows of one channel only touch that channel, so
 // channels run in parallel without races.
 template <typename scalar_t>
-void col2im(const scalar_t* cols, const Corr2dGeometry& g, scalar_t* dx) {
-  const int64_t L = g.column_cols();
+void col2im(const scalar_t* cols, int64_t row_stride, const Corr2dGeometry& g, scalar_t* dx) {
   const int64_t rows_per_channel = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
@@ -111,7 +120,7 @@ void col2im(const scalar_t* cols, const Corr2dGeometry& g, scalar_t* dx) {
         const int64_t j = k % g.kernel_w;
         int64_t ow_first, ow_last;
         valid_range(j * g.dilation_w, g.width, g.out_w, g.stride_w, g.pad_w, &ow_first, &ow_last);
-        const scalar_t* src_row = cols + (c * rows_per_channel + k) * L;
+        const scalar_t* src_row = cols + (c * rows_per_channel + k) * row_stride;
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
           const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
           if (ih < 0 || ih >= g.height) {
@@ -128,54 +137,99 @@ void col2im(const scalar_t* cols, const Corr2dGeometry& g, scalar_t* dx) {
   });
 }
 
-void im2col_sample(const Tensor& input_sample, const Corr2dGeometry& g, Tensor& cols) {
-  AT_DISPATCH_FLOATING_TYPES(input_sample.scalar_type(), "pycnn_im2col", [&] {
-    im2col<scalar_t>(input_sample.const_data_ptr<scalar_t>(), g, cols.mutable_data_ptr<scalar_t>());
-  });
+// A chunk of consecutive samples [first, first + size) and the scratch
+// buffers of the thread that processes it.
+struct Chunk {
+  int64_t first, size;
+  int slot;
+};
+
+// Per-thread scratch buffers, allocated on first use for a whole chunk and
+// viewed smaller for a shorter last chunk.
+class Scratch {
+ public:
+  Scratch(int64_t elements, const at::TensorOptions& options)
+      : elements_(elements), options_(options), buffers_(at::get_num_threads()) {}
+
+  // The first rows * cols elements of this thread's buffer, as a matrix.
+  Tensor matrix(int slot, int64_t rows, int64_t cols) {
+    Tensor& buffer = buffers_[slot];
+    if (!buffer.defined()) {
+      buffer = at::empty({elements_}, options_);
+    }
+    return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+  }
+
+ private:
+  int64_t elements_;
+  at::TensorOptions options_;
+  std::vector<Tensor> buffers_;
+};
+
+// Samples per chunk: enough for GEMMs kMinGemmColumns wide, at most the batch.
+int64_t samples_per_chunk(const Corr2dGeometry& g, int64_t batch) {
+  const int64_t wanted = (kMinGemmColumns + g.column_cols() - 1) / g.column_cols();
+  return std::max<int64_t>(1, std::min(wanted, batch));
 }
 
-void col2im_sample(const Tensor& cols, const Corr2dGeometry& g, Tensor& grad_input_sample) {
-  AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "pycnn_col2im", [&] {
-    col2im<scalar_t>(cols.const_data_ptr<scalar_t>(), g, grad_input_sample.mutable_data_ptr<scalar_t>());
-  });
-}
-
-// Runs body(sample, slot) for every sample. With at least as many samples as
-// threads, samples are spread over the threads (each with its own buffers,
-// `slot` in [0, num_threads)) and the GEMMs inside run single-threaded; with
-// fewer, samples go one by one (slot 0) and im2col and each GEMM use every
-// thread instead.
+// Runs body(chunk) for every chunk of the batch. With at least as many chunks
+// as threads, chunks are spread over the threads (each with its own scratch
+// `slot`) and the GEMMs inside run single-threaded; with fewer, chunks go one
+// by one (slot 0) and im2col, col2im and each GEMM use every thread instead.
 template <typename Body>
-void for_each_sample(int64_t batch, const Body& body) {
-  if (batch >= at::get_num_threads() && at::get_num_threads() > 1) {
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+void for_each_chunk(int64_t batch, int64_t chunk_size, const Body& body) {
+  const int64_t chunks = (batch + chunk_size - 1) / chunk_size;
+  const auto run = [&](int64_t index, int slot) {
+    const int64_t first = index * chunk_size;
+    body(Chunk{first, std::min(chunk_size, batch - first), slot});
+  };
+  if (chunks >= at::get_num_threads() && at::get_num_threads() > 1) {
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       // Dispatch state is thread-local: worker threads need their own guard
       // to skip autograd in the ATen GEMM calls (see corr2d_cpu).
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
-      const int slot = at::get_thread_num();
-      for (int64_t n = begin; n < end; ++n) {
-        body(n, slot);
+      for (int64_t index = begin; index < end; ++index) {
+        run(index, at::get_thread_num());
       }
     });
   } else {
-    for (int64_t n = 0; n < batch; ++n) {
-      body(n, 0);
+    for (int64_t index = 0; index < chunks; ++index) {
+      run(index, 0);
     }
   }
 }
 
-// The per-sample column matrix: the input itself for plain 1x1 kernels,
-// otherwise im2col into this thread's buffer.
-Tensor columns_of(const Tensor& input_sample, const Corr2dGeometry& g, std::vector<Tensor>& buffers, int slot) {
-  if (g.columns_are_input()) {
-    return input_sample.view({g.column_rows(), g.column_cols()});
+// The column matrix [C*kh*kw, chunk.size * L] of a chunk: the input itself for
+// one sample with a plain 1x1 kernel, otherwise im2col into scratch.
+Tensor chunk_columns(const Tensor& input, const Corr2dGeometry& g, const Chunk& chunk, Scratch& scratch) {
+  const int64_t L = g.column_cols();
+  if (chunk.size == 1 && g.columns_are_input()) {
+    return input[chunk.first].view({g.column_rows(), L});
   }
-  Tensor& cols = buffers[slot];
-  if (!cols.defined()) {
-    cols = at::empty({g.column_rows(), g.column_cols()}, input_sample.options());
-  }
-  im2col_sample(input_sample, g, cols);
+  Tensor cols = scratch.matrix(chunk.slot, g.column_rows(), chunk.size * L);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_im2col", [&] {
+    const int64_t sample_elements = g.channels * g.height * g.width;
+    for (int64_t s = 0; s < chunk.size; ++s) {
+      im2col<scalar_t>(
+          input.const_data_ptr<scalar_t>() + (chunk.first + s) * sample_elements, g,
+          cols.mutable_data_ptr<scalar_t>() + s * L, chunk.size * L);
+    }
+  });
   return cols;
+}
+
+// grad_output of a chunk as [O, chunk.size * L], the layout of the GEMM
+// result: a view for one sample, a transposed copy into scratch otherwise.
+Tensor chunk_grad_output(const Tensor& grad_output, const Chunk& chunk, Scratch& scratch) {
+  const int64_t out_channels = grad_output.size(1);
+  const int64_t L = grad_output.size(2) * grad_output.size(3);
+  if (chunk.size == 1) {
+    return grad_output[chunk.first].view({out_channels, L});
+  }
+  Tensor channel_major = scratch.matrix(chunk.slot, out_channels, chunk.size * L);
+  channel_major.view({out_channels, chunk.size, L})
+      .copy_(grad_output.narrow(0, chunk.first, chunk.size).view({chunk.size, out_channels, L}).transpose(0, 1));
+  return channel_major;
 }
 
 }  // namespace
@@ -195,23 +249,35 @@ Tensor corr2d_cpu(
   const Tensor weight = weight_arg.contiguous();
   const bool has_bias = bias_arg.has_value() && bias_arg->defined();
   const auto g = make_geometry(input.sizes(), weight.sizes(), stride, padding, dilation);
-  const int64_t out_channels_per_group = weight.size(0) / groups;
+  const int64_t out_channels = weight.size(0);
+  const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
+  const int64_t L = g.column_cols();
   const Tensor weight_groups = weight.view({groups, out_channels_per_group, rows_per_group});
-  const Tensor bias_groups =
-      has_bias ? bias_arg->contiguous().view({groups, out_channels_per_group, 1}) : Tensor();
+  const Tensor bias_groups = has_bias ? bias_arg->contiguous().view({groups, out_channels_per_group, 1}) : Tensor();
 
-  std::vector<Tensor> buffers(at::get_num_threads());
-  for_each_sample(input.size(0), [&](int64_t n, int slot) {
-    const Tensor cols = columns_of(input[n], g, buffers, slot).view({groups, rows_per_group, g.column_cols()});
-    Tensor out = output[n].view({groups, out_channels_per_group, g.column_cols()});
+  const int64_t chunk_size = samples_per_chunk(g, input.size(0));
+  Scratch columns_scratch(g.column_rows() * chunk_size * L, input.options());
+  Scratch result_scratch(out_channels * chunk_size * L, input.options());
+  for_each_chunk(input.size(0), chunk_size, [&](const Chunk& chunk) {
+    const int64_t width = chunk.size * L;
+    const Tensor cols = chunk_columns(input, g, chunk, columns_scratch).view({groups, rows_per_group, width});
+    // One sample: straight into the output. Several: into scratch, then transposed.
+    Tensor result = chunk.size == 1 ? output[chunk.first].view({out_channels, L})
+                                    : result_scratch.matrix(chunk.slot, out_channels, width);
+    Tensor result_groups = result.view({groups, out_channels_per_group, width});
     for (int64_t k = 0; k < groups; ++k) {
-      Tensor out_k = out[k];
+      Tensor out_k = result_groups[k];
       if (has_bias) {
         at::addmm_out(out_k, bias_groups[k], weight_groups[k], cols[k]);
       } else {
         at::mm_out(out_k, weight_groups[k], cols[k]);
       }
+    }
+    if (chunk.size > 1) {
+      output.narrow(0, chunk.first, chunk.size)
+          .view({chunk.size, out_channels, L})
+          .copy_(result.view({out_channels, chunk.size, L}).transpose(0, 1));
     }
   });
   return output;
@@ -233,33 +299,43 @@ Tensor corr2d_backward_input_cpu(
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor weight = weight_arg.contiguous();
   const auto g = make_geometry(input_size, weight.sizes(), stride, padding, dilation);
-  const int64_t out_channels_per_group = weight.size(0) / groups;
+  const int64_t out_channels = weight.size(0);
+  const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
+  const int64_t L = g.column_cols();
   // weight_gᵀ: [rows_per_group, out_channels_per_group]
   const Tensor weight_t = weight.view({groups, out_channels_per_group, rows_per_group}).transpose(1, 2);
 
-  std::vector<Tensor> buffers(at::get_num_threads());
-  for_each_sample(grad_input.size(0), [&](int64_t n, int slot) {
-    const Tensor grad_out = grad_output[n].view({groups, out_channels_per_group, g.column_cols()});
-    Tensor grad_in = grad_input[n];
-    if (g.columns_are_input()) {
-      Tensor grad_in_groups = grad_in.view({groups, rows_per_group, g.column_cols()});
+  const int64_t chunk_size = samples_per_chunk(g, input_size[0]);
+  Scratch columns_scratch(g.column_rows() * chunk_size * L, grad_output.options());
+  Scratch grad_output_scratch(out_channels * chunk_size * L, grad_output.options());
+  for_each_chunk(input_size[0], chunk_size, [&](const Chunk& chunk) {
+    const int64_t width = chunk.size * L;
+    const Tensor grad_out = chunk_grad_output(grad_output, chunk, grad_output_scratch)
+                                .view({groups, out_channels_per_group, width});
+    if (chunk.size == 1 && g.columns_are_input()) {
+      // The columns are the input: the GEMM gives the input's gradient directly.
+      Tensor grad_in = grad_input[chunk.first].view({groups, rows_per_group, L});
       for (int64_t k = 0; k < groups; ++k) {
-        Tensor dst = grad_in_groups[k];
+        Tensor dst = grad_in[k];
         at::mm_out(dst, weight_t[k], grad_out[k]);
       }
       return;
     }
-    Tensor& cols = buffers[slot];
-    if (!cols.defined()) {
-      cols = at::empty({g.column_rows(), g.column_cols()}, grad_output.options());
-    }
-    Tensor cols_groups = cols.view({groups, rows_per_group, g.column_cols()});
+    Tensor cols = columns_scratch.matrix(chunk.slot, g.column_rows(), width);
+    Tensor cols_groups = cols.view({groups, rows_per_group, width});
     for (int64_t k = 0; k < groups; ++k) {
       Tensor dst = cols_groups[k];
       at::mm_out(dst, weight_t[k], grad_out[k]);
     }
-    col2im_sample(cols, g, grad_in);
+    AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "pycnn_col2im", [&] {
+      const int64_t sample_elements = g.channels * g.height * g.width;
+      for (int64_t s = 0; s < chunk.size; ++s) {
+        col2im<scalar_t>(
+            cols.const_data_ptr<scalar_t>() + s * L, width, g,
+            grad_input.mutable_data_ptr<scalar_t>() + (chunk.first + s) * sample_elements);
+      }
+    });
   });
   return grad_input;
 }
@@ -279,26 +355,30 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   const int64_t out_channels = weight_size[0];
   const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
+  const int64_t L = g.column_cols();
   const int64_t batch = input.size(0);
 
   // grad_bias: grad_output summed over the batch and every output position.
-  Tensor grad_bias = grad_output.view({batch, out_channels, g.column_cols()}).sum({0, 2});
+  Tensor grad_bias = grad_output.view({batch, out_channels, L}).sum({0, 2});
 
-  // Each thread accumulates its samples' contributions into its own slot;
-  // the slots are summed at the end, so no two threads write one element.
-  const int64_t slots = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(batch, 1));
-  Tensor partial = at::zeros({slots, groups, out_channels_per_group, rows_per_group}, input.options());
-  std::vector<Tensor> buffers(at::get_num_threads());
-  for_each_sample(batch, [&](int64_t n, int slot) {
-    const Tensor cols = columns_of(input[n], g, buffers, slot).view({groups, rows_per_group, g.column_cols()});
-    const Tensor grad_out = grad_output[n].view({groups, out_channels_per_group, g.column_cols()});
-    Tensor acc = partial[slot];
+  // Each thread accumulates its chunks' contributions into its own slot; the
+  // slots are summed at the end, so no two threads write one element.
+  Tensor partial = at::zeros({at::get_num_threads(), groups, out_channels_per_group, rows_per_group}, input.options());
+  const int64_t chunk_size = samples_per_chunk(g, batch);
+  Scratch columns_scratch(g.column_rows() * chunk_size * L, input.options());
+  Scratch grad_output_scratch(out_channels * chunk_size * L, input.options());
+  for_each_chunk(batch, chunk_size, [&](const Chunk& chunk) {
+    const int64_t width = chunk.size * L;
+    const Tensor cols = chunk_columns(input, g, chunk, columns_scratch).view({groups, rows_per_group, width});
+    const Tensor grad_out = chunk_grad_output(grad_output, chunk, grad_output_scratch)
+                                .view({groups, out_channels_per_group, width});
+    Tensor acc = partial[chunk.slot];
     for (int64_t k = 0; k < groups; ++k) {
       Tensor acc_k = acc[k];
       acc_k.addmm_(grad_out[k], cols[k].t());
     }
   });
-  Tensor grad_weight = (slots == 1 ? partial[0] : partial.sum(0)).view(weight_size);
+  Tensor grad_weight = partial.sum(0).view(weight_size);
   return {grad_weight, grad_bias};
 }
 
