@@ -296,6 +296,15 @@ def compare_with_native(
     return Comparison(p_leaves, n_leaves, p_out, n_out, p_grads, n_grads)
 
 
+# Non-contiguous views of 4-D inputs: name -> (view, shape of the base tensor).
+NONCONTIG_VIEWS = {
+    "transposed_hw": (lambda t: t.transpose(2, 3), (2, 3, 8, 7)),
+    "sliced_hw": (lambda t: t[:, :, 1:-1:2, ::2], (2, 3, 13, 12)),
+    "sliced_channels": (lambda t: t[:, 1::2], (2, 6, 7, 7)),
+    "permuted_batch": (lambda t: t.permute(1, 0, 2, 3), (3, 2, 6, 7)),
+}
+
+
 def distinct_values(shape, dtype=torch.float64, device="cpu") -> torch.Tensor:
     """A tensor whose every (H, W) plane holds distinct values (no max-pool ties).
 

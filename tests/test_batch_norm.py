@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_scaled, check_grad_output_layouts, compare_with_native
+from conftest import NONCONTIG_VIEWS, assert_close_scaled, check_grad_output_layouts, compare_with_native
 
 SHAPES = {"2d": (6, 4), "3d": (3, 4, 5), "4d": (3, 4, 5, 6)}
 
@@ -158,20 +158,17 @@ def test_batch_norm_batch_zero_training(PF, device, dtype):
     torch.testing.assert_close(rv, rv0)
 
 
-NONCONTIG_VIEWS = {
-    "transposed_hw": (lambda t: t.transpose(2, 3), (2, 3, 8, 7)),
-    "sliced_hw": (lambda t: t[:, :, 1:-1:2, ::2], (2, 3, 13, 12)),
-    "sliced_channels": (lambda t: t[:, 1::2], (2, 6, 7, 7)),
-    "permuted_batch": (lambda t: t.permute(1, 0, 2, 3), (3, 2, 6, 7)),
+BN_NONCONTIG_VIEWS = {
+    **NONCONTIG_VIEWS,
     "transposed_2d": (lambda t: t.t(), (4, 5)),
     "transposed_3d": (lambda t: t.transpose(0, 2)[:, :, :], (5, 3, 4)),
 }
 
 
-@pytest.mark.parametrize("view", list(NONCONTIG_VIEWS), ids=list(NONCONTIG_VIEWS))
+@pytest.mark.parametrize("view", list(BN_NONCONTIG_VIEWS), ids=list(BN_NONCONTIG_VIEWS))
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batch_norm_noncontiguous(PF, view, training, device, dtype):
-    fn, shape = NONCONTIG_VIEWS[view]
+    fn, shape = BN_NONCONTIG_VIEWS[view]
     x = torch.randn(shape, dtype=dtype, device=device)
     assert not fn(x).is_contiguous()
     c = fn(x).shape[1]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_scaled, check_grad_output_layouts, compare_with_native
+from conftest import NONCONTIG_VIEWS, assert_close_scaled, check_grad_output_layouts, compare_with_native
 
 # (N, C, H, W, out_channels, kernel, stride, padding, dilation, groups)
 GRID = {
@@ -110,13 +110,6 @@ def test_conv2d_unbatched(PF, groups, device, any_dtype):
     cmp = compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, (2, 1), 1, 1, groups])
     assert cmp.pycnn_out.dim() == 3
 
-
-NONCONTIG_VIEWS = {
-    "transposed_hw": (lambda t: t.transpose(2, 3), (2, 3, 8, 7)),
-    "sliced_hw": (lambda t: t[:, :, 1:-1:2, ::2], (2, 3, 13, 12)),
-    "sliced_channels": (lambda t: t[:, 1::2], (2, 6, 7, 7)),
-    "permuted_batch": (lambda t: t.permute(1, 0, 2, 3), (3, 2, 6, 7)),
-}
 
 
 @pytest.mark.parametrize("view", list(NONCONTIG_VIEWS), ids=list(NONCONTIG_VIEWS))

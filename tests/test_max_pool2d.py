@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_scaled, check_grad_output_layouts, compare_with_native, distinct_values
+from conftest import NONCONTIG_VIEWS, assert_close_scaled, check_grad_output_layouts, compare_with_native, distinct_values
 
 # (N, C, H, W, kernel_size, stride, padding, dilation, ceil_mode)
 GRID = {
@@ -91,13 +91,6 @@ def test_max_pool2d_unbatched(PF, return_indices, device, any_dtype):
     out = cmp.pycnn_out[0] if return_indices else cmp.pycnn_out
     assert out.dim() == 3
 
-
-NONCONTIG_VIEWS = {
-    "transposed_hw": (lambda t: t.transpose(2, 3), (2, 3, 8, 7)),
-    "sliced_hw": (lambda t: t[:, :, 1:-1:2, ::2], (2, 3, 13, 12)),
-    "sliced_channels": (lambda t: t[:, 1::2], (2, 6, 7, 7)),
-    "permuted_batch": (lambda t: t.permute(1, 0, 2, 3), (3, 2, 6, 7)),
-}
 
 
 @pytest.mark.parametrize("view", list(NONCONTIG_VIEWS), ids=list(NONCONTIG_VIEWS))
