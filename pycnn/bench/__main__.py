@@ -1,15 +1,19 @@
 import argparse
 import sys
 
-from pycnn.bench import ops
+import pycnn.bench
+from pycnn.bench import models, ops
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pycnn.bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m pycnn.bench", description=pycnn.bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     ops.add_arguments(commands.add_parser("ops", help="each operator against the native one, forward+backward"))
+    models.add_arguments(commands.add_parser(
+        "models", help="each classic model against its native twin: training step and inference"))
     args = parser.parse_args(argv)
-    return {"ops": ops.run}[args.command](args)
+    return {"ops": ops.run, "models": models.run}[args.command](args)
 
 
 if __name__ == "__main__":
