@@ -8,6 +8,8 @@ on identical leaf copies of the same data.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
@@ -350,3 +352,18 @@ def check_grad_output_layouts(pycnn_fn, native_fn, inputs, kind="conv"):
         gn = torch.autograd.grad(loss(yn, g), n_in)
         for a, b in zip(gp, gn):
             assert_close_scaled(a, b, inputs[0].dtype, kind, msg=f"grad_output layout {name}")
+
+
+@pytest.fixture(scope="session")
+def cmake_build(tmp_path_factory):
+    """CMakeLists.txt built once per session (tools/cmake_build.py): the folder
+    holding libpycnn_ops.so and pycnn_infer."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    build_dir = tmp_path_factory.mktemp("cmake")
+    result = subprocess.run(
+        [sys.executable, os.path.join(_ROOT, "tools", "cmake_build.py"), str(build_dir)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return str(build_dir)

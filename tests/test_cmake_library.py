@@ -2,32 +2,13 @@
 Python) for LibTorch programs: a fresh interpreter that loads only that
 library, never pycnn, gets working torch.ops.pycnn operators."""
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
-import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-pytestmark = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
-
-
-@pytest.fixture(scope="module")
-def operator_library(tmp_path_factory):
-    build_dir = tmp_path_factory.mktemp("cmake")
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "cmake_build.py"), str(build_dir)],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    library = result.stdout.strip().splitlines()[-1]
-    assert os.path.isfile(library)
-    return library
-
-
-def test_standalone_library_registers_the_operators(operator_library, tmp_path):
+def test_standalone_library_registers_the_operators(cmake_build, tmp_path):
+    operator_library = os.path.join(cmake_build, "libpycnn_ops.so")
     program = textwrap.dedent(
         f"""
         import sys
