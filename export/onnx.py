@@ -1,0 +1,189 @@
+"""Export a pycnn model to ONNX with standard operators only.
+
+    python -m export.onnx --model resnet18 [--checkpoint PATH] [--out exports/resnet18.onnx]
+                          [--opset 18] [--batch-size N] [--triton-repo DIR]
+
+PyTorch's torch.export-based exporter (torch.onnx.export(..., dynamo=True))
+traces the eval-mode model; a translation table (export/_onnx_ops.py) turns each
+torch.ops.pycnn operator into standard ONNX operators (Conv, MaxPool,
+AveragePool, GlobalAveragePool, BatchNormalization), so the file runs on stock
+onnxruntime without a custom-operator library. The file is then checked
+(onnx.checker, default-domain nodes only) and run in onnxruntime on real
+Fashion-MNIST test images and random input against the PyTorch model; it is only
+put in place when everything passes. --triton-repo also writes a Triton/KServe
+model repository (DIR/NAME/1/model.onnx and DIR/NAME/config.pbtxt).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import List, Optional, Sequence
+
+import onnx
+import torch
+
+from export import _common
+from export._common import ExportError
+from export._onnx_ops import translation_table
+
+DEFAULT_OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+TRITON_MAX_BATCH = 256
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def export_onnx(model: torch.nn.Module, path: str, *, opset: int = DEFAULT_OPSET, batch_size: Optional[int] = None,
+                input_size: Optional[Sequence[int]] = None) -> onnx.ModelProto:
+    """Write `model` (eval mode) to `path` as ONNX; return the model proto.
+
+    batch_size None: a dynamic batch dimension ("batch"); otherwise that fixed batch.
+    input_size: (C, H, W), default model.default_input_size.
+    The graph is flat (functions inlined) and holds default-domain operators only;
+    onnx.checker has passed on it. Raises ExportError if any of that fails.
+    """
+    if opset < DEFAULT_OPSET:
+        raise ExportError(f"--opset {opset}: the translations use ONNX opset {DEFAULT_OPSET}; use {DEFAULT_OPSET} or later")
+    model = model.eval()
+    try:
+        program = torch.onnx.export(
+            model,
+            (_common.example_input(input_size or model.default_input_size, batch_size),),
+            dynamo=True,
+            custom_translation_table=translation_table(),
+            dynamic_shapes=_common.dynamic_shapes(batch_size),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            verbose=False,
+            report=False,
+        )
+        proto = program.model_proto
+    except Exception as error:
+        raise _common.export_failed(f"ONNX export of {getattr(model, 'arch', 'the model')}", error) from None
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    foreign = non_standard_nodes(proto)
+    if foreign:
+        raise ExportError(f"the ONNX graph has operators outside the default domain: {', '.join(sorted(foreign))}")
+    onnx.save(proto, path)
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"onnx.checker rejects the exported model: {_common._one_line(error)}") from None
+    return proto
+
+
+def _graph_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graph_nodes(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for sub in attribute.graphs:
+                    yield from _graph_nodes(sub)
+
+
+def non_standard_nodes(proto: onnx.ModelProto) -> set:
+    """{"domain::op_type"} of every node (in the graph, its subgraphs and its
+    functions) or imported opset outside the default ONNX domain."""
+    nodes = list(_graph_nodes(proto.graph))
+    for function in proto.functions:
+        nodes.append(onnx.NodeProto(op_type=function.name, domain=function.domain))
+        nodes.extend(function.node)
+    found = {f"{n.domain}::{n.op_type}" for n in nodes if n.domain not in _DEFAULT_DOMAINS}
+    found |= {f"{o.domain}::(opset import)" for o in proto.opset_import if o.domain not in _DEFAULT_DOMAINS}
+    return found
+
+
+def providers() -> List[str]:
+    """onnxruntime execution providers: CUDA first when a GPU is usable, then CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    chosen = []
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in available:
+        chosen.append("CUDAExecutionProvider")
+    return chosen + ["CPUExecutionProvider"]
+
+
+def run_onnx(path: str, inputs: Sequence[torch.Tensor]) -> List:
+    """Run the ONNX file in onnxruntime on each input; numpy outputs."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(path, options, providers=providers())
+    return [session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0] for x in inputs]
+
+
+def triton_config(name: str, input_size: Sequence[int], num_classes: int, batch_size: Optional[int]) -> str:
+    """config.pbtxt of a Triton model served by the onnxruntime backend.
+
+    Dynamic batch: max_batch_size TRITON_MAX_BATCH and dims without the batch;
+    fixed batch: max_batch_size 0 and dims with it."""
+    if batch_size is None:
+        max_batch, input_dims, output_dims = TRITON_MAX_BATCH, list(input_size), [num_classes]
+    else:
+        max_batch, input_dims, output_dims = 0, [batch_size, *input_size], [batch_size, num_classes]
+
+    def tensor(tensor_name, dims):
+        return (f'  {{\n    name: "{tensor_name}"\n    data_type: TYPE_FP32\n'
+                f'    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}')
+
+    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch}\n'
+            f'input [\n{tensor(INPUT_NAME, input_dims)}\n]\n'
+            f'output [\n{tensor(OUTPUT_NAME, output_dims)}\n]\n')
+
+
+def write_triton_repo(repo: str, name: str, onnx_path: str, input_size: Sequence[int], num_classes: int,
+                      batch_size: Optional[int]) -> str:
+    """Write repo/name/1/model.onnx (a copy of onnx_path) and repo/name/config.pbtxt; return repo/name."""
+    model_dir = os.path.join(repo, name)
+    with _common.atomic_output(os.path.join(model_dir, "1", "model.onnx")) as tmp:
+        shutil.copyfile(onnx_path, tmp)
+    with _common.atomic_output(os.path.join(model_dir, "config.pbtxt")) as tmp:
+        with open(tmp, "w") as f:
+            f.write(triton_config(name, input_size, num_classes, batch_size))
+    return model_dir
+
+
+def _add_arguments(parser) -> None:
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="export a fixed batch size (default: a dynamic batch dimension)")
+    parser.add_argument("--triton-repo", default=None, metavar="DIR",
+                        help="also write a Triton model repository: DIR/MODEL/1/model.onnx, DIR/MODEL/config.pbtxt")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = _common.parse_args("onnx", "onnx", argv, _add_arguments, description=__doc__.splitlines()[0])
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ExportError(f"--batch-size must be positive, got {args.batch_size}")
+    _common.quiet_exporter_logs()
+    model, source, input_size = _common.load_model(args.model, args.checkpoint)
+    batches = _common.check_batches(input_size, args.check_images, 3, args.batch_size)
+    references = _common.reference_outputs(model, batches)
+    with _common.atomic_output(args.out) as tmp:
+        export_onnx(model, tmp, opset=args.opset, batch_size=args.batch_size, input_size=input_size)
+        outputs = run_onnx(tmp, [x for _, x in batches])
+        comparisons = [_common.compare(label, ref, out, args.tolerance)
+                       for (label, _), ref, out in zip(batches, references, outputs)]
+        _common.summarise([
+            ("model", args.model),
+            ("weights", source),
+            ("parameters", f"{_common.count_parameters(model):,}"),
+            ("format", f"ONNX, opset {args.opset}, standard operators only, "
+                       + (f"batch {args.batch_size}" if args.batch_size else "dynamic batch")),
+            ("runtime", f"onnxruntime {__import__('onnxruntime').__version__} ({', '.join(providers())})"),
+            ("file size", _common.file_size(tmp)),
+        ], comparisons, args.tolerance, args.out)
+    if args.triton_repo:
+        model_dir = write_triton_repo(args.triton_repo, args.model, args.out, input_size,
+                                      references[0].shape[1], args.batch_size)
+        print(f"triton repository: {model_dir} (1/model.onnx, config.pbtxt)")
+
+
+if __name__ == "__main__":
+    _common.run_cli(main)
