@@ -209,3 +209,12 @@ def _batch_norm_backward(ctx, grad_output, *grad_statistics):
 torch.library.register_autograd(
     "pycnn::batch_norm", _batch_norm_backward, setup_context=_batch_norm_setup_context
 )
+
+
+# --- autocast -------------------------------------------------------------------
+# Under torch.autocast on CUDA, as for native layers: corr2d runs in float16
+# (its inputs cast, like aten::conv2d), batch_norm in float32 (its parameters
+# and running statistics are float32 and must match the input's dtype), and
+# the poolings in whatever dtype they receive.
+torch.library.register_autocast("pycnn::corr2d", "cuda", torch.float16)
+torch.library.register_autocast("pycnn::batch_norm", "cuda", torch.float32)

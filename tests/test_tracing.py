@@ -243,3 +243,19 @@ def test_compile_module_fullgraph(PN, device):
     torch.testing.assert_close(model[1].running_mean, native[1].running_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model[1].running_var, native[1].running_var, rtol=1e-5, atol=1e-6)
     assert int(model[1].num_batches_tracked) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+def test_autocast_runs_corr2d_in_half_and_batch_norm_in_float():
+    import pycnn.nn as PN
+
+    model = torch.nn.Sequential(PN.Conv2d(3, 8, 3, padding=1), PN.BatchNorm2d(8), torch.nn.ReLU(),
+                                PN.MaxPool2d(2), PN.AdaptiveAvgPool2d(1)).cuda()
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        conv_out = model[0](x)
+        out = model(x)
+    assert conv_out.dtype == torch.float16
+    assert out.dtype == torch.float32  # batch_norm computes in float32 and the poolings keep it
+    out.float().sum().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.dtype == torch.float32
