@@ -69,7 +69,15 @@ def parse_args(format_name: str, extension: str, argv: Optional[Sequence[str]] =
         args.out = os.path.join("exports", f"{args.model}.{extension}")
     if args.check_images < 1:
         parser.error("--check-images must be positive")
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        raise ExportError(f"--batch-size must be positive, got {args.batch_size}")
     return args
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
+    """--batch-size, for the formats whose batch dimension can be fixed (checked by parse_args)."""
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="export a fixed batch size (default: a dynamic batch dimension)")
 
 
 # --- model and checkpoint -----------------------------------------------------

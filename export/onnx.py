@@ -151,16 +151,13 @@ def write_triton_repo(repo: str, name: str, onnx_path: str, input_size: Sequence
 
 def _add_arguments(parser) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="export a fixed batch size (default: a dynamic batch dimension)")
+    _common.add_batch_size_argument(parser)
     parser.add_argument("--triton-repo", default=None, metavar="DIR",
                         help="also write a Triton model repository: DIR/MODEL/1/model.onnx, DIR/MODEL/config.pbtxt")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = _common.parse_args("onnx", "onnx", argv, _add_arguments, description=__doc__.splitlines()[0])
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ExportError(f"--batch-size must be positive, got {args.batch_size}")
     _common.quiet_exporter_logs()
     model, source, input_size = _common.load_model(args.model, args.checkpoint)
     batches = _common.check_batches(input_size, args.check_images, 3, args.batch_size)

@@ -72,15 +72,8 @@ def run_program(path: str, inputs: Sequence[torch.Tensor]) -> tuple:
     return outputs, program_operators(program)
 
 
-def _add_arguments(parser) -> None:
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="export a fixed batch size (default: a dynamic batch dimension)")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = _common.parse_args("program", "pt2", argv, _add_arguments, description=__doc__.splitlines()[0])
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ExportError(f"--batch-size must be positive, got {args.batch_size}")
+    args = _common.parse_args("program", "pt2", argv, _common.add_batch_size_argument, description=__doc__.splitlines()[0])
     _common.quiet_exporter_logs()
     model, source, input_size = _common.load_model(args.model, args.checkpoint)
     batches = _common.check_batches(input_size, args.check_images, 3, args.batch_size)
