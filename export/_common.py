@@ -29,7 +29,7 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 import torch
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # pycnn.data.DEFAULT_DATA_DIR
+from pycnn.data import DEFAULT_DATA_DIR as FASHION_MNIST_DIR
 
 # Largest |exported - PyTorch| allowed, relative to the output's scale
 # (max(1, max |PyTorch output|)), and the top-1 agreement required on real images.

@@ -1,17 +1,15 @@
 """pycnn_infer, the C++ (LibTorch) runner built by CMakeLists.txt, classifies
 real Fashion-MNIST test images with a TorchScript model exactly as Python does."""
-import gzip
 import os
 import subprocess
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pycnn.models
+from pycnn import data
 
-DATA_DIR = "/usr/share/datasets/fashion-mnist"
+DATA_DIR = data.DEFAULT_DATA_DIR
 IMAGES = 300  # enough to see a mismatch, few enough for ResNet-18 on 2 CPU cores
 
 pytestmark = pytest.mark.skipif(
@@ -20,11 +18,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def python_predictions(model, count):
-    """The reference: the same images, scaled and resized as pycnn_infer does, through the eager model."""
-    with gzip.open(os.path.join(DATA_DIR, "t10k-images-idx3-ubyte.gz")) as f:
-        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 1, 28, 28)[:count]
-    x = torch.from_numpy(images.copy()).float().div_(255.0)
-    x = F.interpolate(x, size=model.default_input_size[1:], mode="bilinear", align_corners=False)
+    """The reference: the same test images, prepared as training prepares them, through the eager model."""
+    images, _ = data.load_split("test")
+    x = data.prepare_images(torch.from_numpy(images[:count]).unsqueeze(1), model.default_input_size[1:])
     with torch.no_grad():
         return model(x).argmax(1).tolist()
 
