@@ -1,0 +1,72 @@
+"""An image file -> a model input, the way training prepares Fashion-MNIST
+(export.serve's classify endpoint).
+
+    x = image_to_input(png_bytes, (28, 28))    # float32 (1, 1, 28, 28) in [0, 1]
+
+Any size, colour or grey, PNG or JPEG (or anything else Pillow decodes) becomes
+a Fashion-MNIST-like picture first: turned upright (EXIF orientation), alpha
+composited onto black, converted to grey (ITU-R 601-2 luma), padded to a square
+with black, and resized to 28x28 with Pillow's antialiased bilinear filter.
+From there it is exactly the training transform, pycnn.data.prepare_images:
+scaled to [0, 1] and resized bilinearly to the model's input size. A 28x28 grey
+PNG of a test image therefore gives the very tensor the model saw in testing.
+
+Fashion-MNIST garments are light on a black background; a photo of a dark
+garment on white should be inverted before it is sent.
+"""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from export._protocol import ProtocolError
+from pycnn.data import IMAGE_HW, prepare_images
+
+# Refuse decompression bombs well before Pillow's own limit (about 179M pixels).
+MAX_PIXELS = 50_000_000
+
+
+def decode(data: bytes) -> Image.Image:
+    """The decoded image, or a ProtocolError saying why not."""
+    if not data:
+        raise ProtocolError("the request has no image (send the file as the body or as a multipart 'file' field)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ProtocolError(f"the body ({len(data)} bytes) is not an image Pillow can decode; send a PNG or JPEG") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ProtocolError(f"the image is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are accepted")
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ProtocolError(f"the {image.format or ''} image does not decode: {error}".replace("  ", " ")) from None
+    return image
+
+
+def to_fashion_mnist(image: Image.Image) -> np.ndarray:
+    """uint8 (28, 28): upright, alpha over black, grey, padded square, resized."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    grey = image.convert("L")
+    side = max(grey.size)
+    if grey.size != (side, side):
+        square = Image.new("L", (side, side), 0)
+        square.paste(grey, ((side - grey.width) // 2, (side - grey.height) // 2))
+        grey = square
+    if grey.size != IMAGE_HW[::-1]:
+        grey = grey.resize(IMAGE_HW[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def image_to_input(data: bytes, size: Sequence[int]) -> np.ndarray:
+    """float32 (1, 1, H, W) for a model whose input is 1 x H x W."""
+    pixels = torch.from_numpy(to_fashion_mnist(decode(data)).copy())[None, None]
+    return prepare_images(pixels, tuple(size)).numpy()

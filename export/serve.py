@@ -1,0 +1,499 @@
+"""Serve exported ONNX models with onnxruntime over the KServe v2 / Triton protocol.
+
+    python -m export.serve exports/lenet_bn.onnx [exports/resnet18.onnx ...]
+        [--host 127.0.0.1] [--port 8000] [--providers cuda,cpu] [--threads N]
+        [--max-batch 32] [--batch-timeout-ms 2] [--max-body-mb 16]
+
+Each file is served under its stem (exports/resnet18.onnx -> resnet18):
+
+    GET  /v2/health/live, /v2/health/ready      liveness and readiness
+    GET  /v2                                    server metadata
+    GET  /v2/models/NAME                        model metadata (inputs, outputs; -1 = dynamic batch)
+    GET  /v2/models/NAME/ready                  model readiness
+    POST /v2/models/NAME/infer                  KServe v2 inference (JSON or Triton's binary tensors)
+    POST /v2/models/NAME/classify?top_k=3       an image file -> the top-k Fashion-MNIST classes
+    GET  /metrics                               Prometheus metrics
+    (/v2/models/NAME/versions/1/... works too: each model has one version, "1")
+
+The application is FastAPI, served by uvicorn. Concurrent requests to a model
+are gathered into one onnxruntime run (export/_batching.py) of up to
+--max-batch rows, waiting at most --batch-timeout-ms for company; --max-batch 1
+turns that off. Bad requests get a 4xx answer {"error": "..."} naming the
+problem (export/_protocol.py); the server keeps serving. SIGTERM or Ctrl-C stop
+it gracefully: it stops accepting connections, finishes the requests in flight,
+then exits.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import onnxruntime
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               disable_created_metrics, generate_latest)
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from export import _protocol
+from export._batching import DynamicBatcher
+from export._protocol import ProtocolError, TensorSpec
+
+log = logging.getLogger("export.serve")
+
+MODEL_VERSION = "1"
+PROVIDER_ALIASES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider"}
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# Bodies above this size are parsed in a worker thread, off the event loop.
+LARGE_BODY_BYTES = 256 * 1024
+
+
+class ServeError(Exception):
+    """A problem with the command line or a model file: one line on stderr, exit 2."""
+
+
+# --- models -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ServedModel:
+    """One ONNX file in an onnxruntime session, with its protocol metadata."""
+
+    name: str
+    path: str
+    session: onnxruntime.InferenceSession
+    input: TensorSpec
+    outputs: List[TensorSpec]
+    batcher: Optional[DynamicBatcher] = None
+
+    @property
+    def fixed_batch(self) -> Optional[int]:
+        """The batch size of a model exported with a fixed batch, else None."""
+        return None if self.input.shape[0] == -1 else self.input.shape[0]
+
+    @property
+    def output_specs(self) -> Dict[str, TensorSpec]:
+        return {spec.name: spec for spec in self.outputs}
+
+    def run(self, batch: np.ndarray) -> List[np.ndarray]:
+        return self.session.run([spec.name for spec in self.outputs], {self.input.name: batch})
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "versions": [MODEL_VERSION], "platform": "onnxruntime_onnx",
+                "inputs": [self.input.metadata()], "outputs": [spec.metadata() for spec in self.outputs]}
+
+
+def _spec(node, path: str) -> TensorSpec:
+    datatype = _protocol.ONNX_TYPES.get(node.type)
+    if datatype is None:
+        raise ServeError(f"{path}: tensor '{node.name}' has type {node.type}, which the protocol cannot carry")
+    # Symbolic dimensions (the dynamic batch, "batch") are -1 in the protocol.
+    return TensorSpec(node.name, datatype, tuple(d if isinstance(d, int) else -1 for d in node.shape))
+
+
+def resolve_providers(names: Sequence[str]) -> List[str]:
+    """--providers (cuda, cpu or onnxruntime's full names) -> onnxruntime provider names."""
+    available = onnxruntime.get_available_providers()
+    chosen = []
+    for name in names:
+        provider = PROVIDER_ALIASES.get(name.lower(), name)
+        if provider not in available:
+            if provider in DEFAULT_PROVIDERS:  # onnxruntime without GPU support: CPU only
+                continue
+            raise ServeError(f"--providers: {name!r} is not a provider of this onnxruntime "
+                             f"(available: {', '.join(available)})")
+        if provider not in chosen:
+            chosen.append(provider)
+    if not chosen:
+        raise ServeError(f"--providers: none of {', '.join(names)} is available (available: {', '.join(available)})")
+    return chosen
+
+
+def load_model(path: str, providers: List[str], threads: int) -> ServedModel:
+    """An onnxruntime session for `path`; ServeError with the reason if it cannot be served."""
+    if not os.path.isfile(path):
+        raise ServeError(f"{path}: no such file (export one with: python -m export.onnx --model NAME)")
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    # Idle intra-op threads would spin for the next run, taking the cores the
+    # event loop needs to parse the next requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = onnxruntime.InferenceSession(path, options, providers=providers)
+    except Exception as error:  # noqa: BLE001 -- onnxruntime raises several types for a bad file
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ServeError(f"{path}: onnxruntime cannot load it: {message}") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        raise ServeError(f"{path}: the model has {len(inputs)} inputs; export.serve serves models with one "
+                         "input image batch (N, C, H, W)")
+    spec = _spec(inputs[0], path)
+    if len(spec.shape) != 4 or spec.datatype != "FP32" or any(d < 1 for d in spec.shape[1:]):
+        raise ServeError(f"{path}: input '{spec.name}' is {spec.datatype} {list(spec.shape)}; export.serve "
+                         "serves FP32 image batches (N, C, H, W) with fixed C, H and W")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return ServedModel(name, path, session, spec, [_spec(node, path) for node in outputs])
+
+
+def load_models(paths: Sequence[str], providers: List[str], threads: int) -> Dict[str, ServedModel]:
+    models: Dict[str, ServedModel] = {}
+    for path in paths:
+        model = load_model(path, providers, threads)
+        if model.name in models:
+            raise ServeError(f"{path} and {models[model.name].path} would both be served as '{model.name}'; "
+                             "rename one")
+        models[model.name] = model
+    if "CUDAExecutionProvider" in providers:
+        active = {p for model in models.values() for p in model.session.get_providers()}
+        if "CUDAExecutionProvider" not in active:
+            log.warning("the CUDA execution provider is unavailable here (no GPU, or CUDA 13/cuDNN 9 "
+                        "libraries missing); serving on %s", ", ".join(sorted(active)))
+    return models
+
+
+# --- metrics ------------------------------------------------------------------
+
+class Metrics:
+    """Prometheus metrics of one server, in their own registry."""
+
+    def __init__(self):
+        disable_created_metrics()  # no *_created series: scrapers do not need them
+        self.registry = CollectorRegistry()
+        labels = ["endpoint", "model", "code"]
+        self.requests = Counter("pycnn_serve_requests", "HTTP requests answered, by endpoint, model and status code",
+                                labels, registry=self.registry)
+        self.errors = Counter("pycnn_serve_errors", "Requests answered with a 4xx or 5xx status",
+                              labels, registry=self.registry)
+        self.latency = Histogram("pycnn_serve_request_duration_seconds", "Time from request to response",
+                                 ["endpoint", "model"], registry=self.registry,
+                                 buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10))
+        self.batch_size = Histogram("pycnn_serve_batch_size", "Rows per onnxruntime run (dynamic batching)",
+                                    ["model"], registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+        self.run_time = Histogram("pycnn_serve_inference_duration_seconds", "onnxruntime run time per batch",
+                                  ["model"], registry=self.registry,
+                                  buckets=(.0001, .0002, .0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1))
+
+    def observe_batch(self, model: str):
+        def observe(rows: int, seconds: float) -> None:
+            self.batch_size.labels(model).observe(rows)
+            self.run_time.labels(model).observe(seconds)
+        return observe
+
+    def observe_request(self, endpoint: str, model: str, code: int, seconds: float) -> None:
+        self.requests.labels(endpoint, model, str(code)).inc()
+        if code >= 400:
+            self.errors.labels(endpoint, model, str(code)).inc()
+        self.latency.labels(endpoint, model).observe(seconds)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ServingMiddleware:
+    """Pure ASGI middleware around every HTTP request: the --max-body-mb limit
+    (413, from Content-Length before reading, or while a chunked body streams
+    in) and the request metrics (endpoint = the route's name, model = the URL's
+    model when it is served, else "")."""
+
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, model_names):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.model_names = model_names
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_observed(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        received = 0
+
+        async def receive_limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        try:
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await too_large_response(self.max_body_bytes)(scope, receive, send_observed)
+            else:
+                await self.app(scope, receive_limited, send_observed)
+        finally:
+            route = scope.get("route")
+            model = (scope.get("path_params") or {}).get("name", "")
+            self.metrics.observe_request(getattr(route, "name", "unmatched"),
+                                         model if model in self.model_names else "",
+                                         status["code"], time.perf_counter() - started)
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def too_large_response(limit: int) -> JSONResponse:
+    return error_response(413, f"the request body is larger than the server's limit of "
+                               f"{limit / 2**20:g} MiB (--max-body-mb)")
+
+
+# --- the application ----------------------------------------------------------
+
+def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_timeout_ms: float = 2.0,
+               max_body_mb: float = 16.0) -> FastAPI:
+    """The FastAPI application serving `models` (name -> ServedModel)."""
+    import pycnn
+    from pycnn.data import CLASSES
+
+    metrics = Metrics()
+    max_body_bytes = int(max_body_mb * 2**20)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for model in models.values():
+            # A fixed-batch model can only run the batches it was exported with.
+            limit = model.fixed_batch or max_batch
+            model.batcher = DynamicBatcher(model.run, limit, batch_timeout_ms / 1000, model.name,
+                                           metrics.observe_batch(model.name))
+            await model.batcher.start()
+        app.state.ready = True
+        yield
+        app.state.ready = False
+        for model in models.values():
+            await model.batcher.stop()
+
+    app = FastAPI(title="pycnn model server", version=pycnn.__version__, lifespan=lifespan,
+                  summary="KServe v2 / Triton inference protocol over onnxruntime")
+    app.state.ready = False
+    app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=max_body_bytes,
+                       model_names=frozenset(models))
+
+    @app.exception_handler(ProtocolError)
+    async def protocol_error(request: Request, error: ProtocolError):
+        return error_response(error.status, error.message)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, error: BodyTooLarge):
+        return too_large_response(max_body_bytes)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        message = error.detail if error.status_code != 404 else f"no such endpoint: {request.method} {request.url.path}"
+        return error_response(error.status_code, str(message))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameters(request: Request, error: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        return error_response(400, problems)
+
+    def served(name: str, version: Optional[str] = None) -> ServedModel:
+        model = models.get(name)
+        if model is None:
+            raise ProtocolError(f"unknown model {name!r}; this server serves {', '.join(sorted(models))}", 404)
+        if version is not None and version != MODEL_VERSION:
+            raise ProtocolError(f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION}", 404)
+        return model
+
+    async def run_rows(model: ServedModel, rows: np.ndarray) -> List[np.ndarray]:
+        try:
+            return await model.batcher.infer(rows)
+        except RuntimeError as error:
+            raise ProtocolError(f"inference failed: {error}", 503 if "shutting down" in str(error) else 500) from None
+        except Exception as error:  # noqa: BLE001 -- onnxruntime's errors
+            raise ProtocolError(f"inference failed: {str(error).strip().splitlines()[0]}", 500) from None
+
+    @app.get("/v2/health/live", tags=["health"])
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"])
+    async def ready():
+        return JSONResponse({"ready": app.state.ready}, status_code=200 if app.state.ready else 503)
+
+    @app.get("/v2", tags=["metadata"])
+    async def server_metadata():
+        return {"name": "pycnn", "version": pycnn.__version__,
+                "extensions": ["binary_tensor_data", "classify", "metrics"]}
+
+    @app.get("/v2/models/{name}", tags=["metadata"])
+    @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"])
+    async def model_metadata(name: str, version: Optional[str] = None):
+        return served(name, version).metadata()
+
+    @app.get("/v2/models/{name}/ready", tags=["health"])
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"])
+    async def model_ready(name: str, version: Optional[str] = None):
+        served(name, version)
+        return JSONResponse({"name": name, "ready": app.state.ready}, status_code=200 if app.state.ready else 503)
+
+    @app.post("/v2/models/{name}/infer", tags=["inference"])
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"])
+    async def infer(name: str, request: Request, version: Optional[str] = None):
+        """KServe v2 inference: JSON tensors, or Triton's binary tensor extension."""
+        model = served(name, version)
+        body = await request.body()
+        parse = (model.name, [model.input], model.outputs)
+        header_length = request.headers.get(_protocol.HEADER_LENGTH)
+        if len(body) > LARGE_BODY_BYTES:
+            parsed = await run_in_threadpool(_protocol.parse_infer_request, body, header_length, *parse)
+        else:
+            parsed = _protocol.parse_infer_request(body, header_length, *parse)
+        outputs = await run_rows(model, parsed.inputs[model.input.name])
+        results = {spec.name: output for spec, output in zip(model.outputs, outputs)}
+        content, headers = _protocol.infer_response(model.name, MODEL_VERSION, parsed, results, model.output_specs)
+        return Response(content, headers=headers)
+
+    @app.post("/v2/models/{name}/classify", tags=["inference"],
+              openapi_extra={"requestBody": {"content": {
+                  "image/png": {"schema": {"type": "string", "format": "binary"}},
+                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                  "multipart/form-data": {"schema": {"type": "object", "properties": {
+                      "file": {"type": "string", "format": "binary"}}}}}}})
+    async def classify(name: str, request: Request,
+                       top_k: int = Query(3, ge=1, description="how many classes to return")):
+        """An image file (PNG or JPEG, any size, colour or grey; the body, or a
+        multipart 'file' field) -> the top-k Fashion-MNIST classes with probabilities."""
+        from export._image import image_to_input
+
+        model = served(name)
+        channels, height, width = model.input.shape[1:]
+        if channels != 1:
+            raise ProtocolError(f"model {name!r} takes {channels}-channel images; classify feeds grey (1-channel) ones")
+        classes = model.outputs[0].shape[-1]
+        if classes != len(CLASSES):
+            raise ProtocolError(f"model {name!r} has {classes} outputs, not the {len(CLASSES)} Fashion-MNIST classes")
+        data = await _image_bytes(request)
+        rows = await run_in_threadpool(image_to_input, data, (height, width))
+        if model.fixed_batch is not None:  # pad with blank images up to the exported batch
+            rows = np.concatenate([rows, np.zeros((model.fixed_batch - 1, *rows.shape[1:]), rows.dtype)])
+        logits = (await run_rows(model, rows))[0][0].astype(np.float64)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        return {"model_name": name, "predictions": [
+            {"label": CLASSES[i], "index": int(i), "probability": float(probabilities[i])} for i in order]}
+
+    @app.get("/metrics", tags=["metrics"])
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _image_bytes(request: Request) -> bytes:
+    """The image of a classify request: a multipart form's file field, or the body itself."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        files = [value for value in form.values() if hasattr(value, "read")]
+        if not files:
+            raise ProtocolError("the multipart form has no file; send the image as -F file=@image.png")
+        return await files[0].read()
+    return await request.body()
+
+
+# --- command line -------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m export.serve", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[6:16]))
+    parser.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files written by python -m export.onnx")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS),
+                        help="onnxruntime execution providers in order of preference, comma-separated: cuda, cpu "
+                             "or onnxruntime's names (default: cuda,cpu; without a usable GPU, CPU with a warning)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime intra-op threads per model (default 0: onnxruntime's choice, one per core)")
+    parser.add_argument("--max-batch", type=_positive_int, default=32,
+                        help="dynamic batching: most rows gathered into one run (default 32; 1: no batching)")
+    parser.add_argument("--batch-timeout-ms", type=_non_negative_float, default=2.0,
+                        help="dynamic batching: longest wait for more requests after the first (default 2 ms)")
+    parser.add_argument("--max-body-mb", type=_positive_float, default=16.0,
+                        help="largest request body in MiB; larger ones get 413 (default 16)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", action="store_true", help="log every request (off by default)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import uvicorn
+
+    args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)-9s %(message)s", level=args.log_level.upper())
+    # onnxruntime logs a failed CUDA provider as an error per session; load_models says it once.
+    onnxruntime.set_default_logger_severity(4)
+    try:
+        providers = resolve_providers([p.strip() for p in args.providers.split(",") if p.strip()])
+        if "CUDAExecutionProvider" in providers:
+            with contextlib.suppress(Exception):
+                onnxruntime.preload_dlls()  # CUDA and cuDNN from the pip packages torch brings
+        models = load_models(args.models, providers, args.threads)
+    except ServeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    import torch
+
+    torch.set_num_threads(1)  # only classify's resize uses torch; leave the cores to onnxruntime
+    for model in models.values():
+        output = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in model.outputs)
+        log.info("model %s: %s on %s; input %s %s -> %s", model.name, model.path,
+                 model.session.get_providers()[0], model.input.name, list(model.input.shape), output)
+    if args.max_batch > 1:
+        log.info("dynamic batching: up to %d rows per run, waiting at most %g ms", args.max_batch,
+                 args.batch_timeout_ms)
+    else:
+        log.info("dynamic batching off (--max-batch 1)")
+    app = create_app(models, max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms,
+                     max_body_mb=args.max_body_mb)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()
