@@ -1,20 +1,22 @@
 """A bounded load test of a KServe v2 model endpoint (export.serve, or Triton).
 
     python -m export.loadtest --url http://127.0.0.1:8000/v2/models/lenet_bn \\
-        --concurrency 8 --requests 2000 [--rows 1] [--binary]
+        --concurrency 1,8,32 --requests 2000 [--rows 1] [--binary]
 
-`--concurrency` clients send `--requests` infer requests in all, each with
-`--rows` real Fashion-MNIST test images (random input when the data set is
-absent), as JSON or with Triton's binary tensor extension; every answer is
-checked (status 200, an output of the right shape). Prints throughput and
-latency percentiles, and, from the server's /metrics when it has them, the mean
-rows per onnxruntime run during the test (dynamic batching at work). Exits 1 if
-any request failed.
+At each concurrency level, that many clients send `--requests` infer requests
+in all (after `--warmup` untimed ones), each with `--rows` real Fashion-MNIST
+test images (random input when the data set is absent), as JSON or with
+Triton's binary tensor extension; every answer is checked (status 200, an output of the right shape). Prints one table row per
+level: errors, throughput, latency percentiles and, from the server's /metrics
+when it has them, the mean rows per onnxruntime run (dynamic batching at work).
+Exits 1 if any request failed.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import gc
 import json
 import math
 import re
@@ -24,7 +26,6 @@ from typing import List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import aiohttp
-import httpx
 import numpy as np
 
 from export._protocol import HEADER_LENGTH
@@ -79,11 +80,12 @@ def payloads(metadata: dict, rows: int, binary: bool) -> List[Tuple[bytes, dict]
     return bodies
 
 
-def batch_size_totals(client: httpx.Client, base: str, model: str) -> Optional[Tuple[float, float]]:
+async def batch_size_totals(session: aiohttp.ClientSession, base: str, model: str) -> Optional[Tuple[float, float]]:
     """(sum, count) of the server's pycnn_serve_batch_size histogram for `model`, if it has one."""
     try:
-        text = client.get(f"{base}/metrics").text
-    except httpx.HTTPError:
+        async with session.get(f"{base}/metrics") as response:
+            text = await response.text()
+    except aiohttp.ClientError:
         return None
     totals = {}
     for kind in ("sum", "count"):
@@ -94,23 +96,36 @@ def batch_size_totals(client: httpx.Client, base: str, model: str) -> Optional[T
     return totals["sum"], totals["count"]
 
 
-async def _load(url: str, bodies, concurrency: int, requests: int, rows: int, timeout: float):
-    """Send `requests` requests from `concurrency` clients; (latencies, errors, seconds)."""
+@dataclasses.dataclass
+class Result:
+    latencies: List[float]  # seconds, one per timed request
+    errors: List[str]
+    elapsed: float  # seconds for all timed requests
+    rows_per_run: Optional[float]  # from the server's metrics
+
+
+async def run_load(url: str, concurrency: int, requests: int, rows: int = 1, binary: bool = False,
+                   warmup: int = 50, timeout: float = 30.0) -> Result:
+    """Send `warmup` requests, then `requests` timed ones, from `concurrency`
+    clients sharing `concurrency` kept-alive connections."""
+    url = model_url(url)
+    parts = urlsplit(url)
+    base, model = f"{parts.scheme}://{parts.netloc}", url.split("/v2/models/")[1].split("/")[0]
     latencies: List[float] = []
     errors: List[str] = []
-    next_request = 0
+    sent = 0
 
-    async def client_loop(session: aiohttp.ClientSession):
-        nonlocal next_request
-        while next_request < requests:
-            number = next_request
-            next_request += 1
-            body, headers = bodies[number % len(bodies)]
+    async def client_loop(session: aiohttp.ClientSession, bodies, count: int):
+        nonlocal sent
+        while sent < count:
+            body, headers = bodies[sent % len(bodies)]
+            sent += 1
             started = time.perf_counter()
             try:
-                async with session.post(url, data=body, headers=headers) as response:
+                async with session.post(url + "/infer", data=body, headers=headers) as response:
                     content = await response.read()
-                problem = None if response.status == 200 else f"HTTP {response.status}: {content[:200].decode(errors='replace')}"
+                problem = None if response.status == 200 else \
+                    f"HTTP {response.status}: {content[:200].decode(errors='replace')}"
                 if problem is None and HEADER_LENGTH not in response.headers:
                     shape = json.loads(content)["outputs"][0]["shape"]
                     if shape[0] != rows:
@@ -121,71 +136,86 @@ async def _load(url: str, bodies, concurrency: int, requests: int, rows: int, ti
             if problem:
                 errors.append(problem)
 
+    async def send(session, bodies, count: int) -> float:
+        nonlocal sent
+        sent = 0
+        latencies.clear()
+        errors.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(session, bodies, count) for _ in range(concurrency)))
+        return time.perf_counter() - started
+
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(session) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return latencies, errors, elapsed
+        try:
+            async with session.get(url) as response:
+                if response.status != 200:
+                    raise SystemExit(f"error: GET {url} answered {response.status}: {(await response.text())[:200]}")
+                metadata = await response.json()
+        except aiohttp.ClientError as error:
+            raise SystemExit(f"error: cannot reach {url}: {error}") from None
+        bodies = payloads(metadata, rows, binary)
+        gc.freeze()  # torch and the data set stay: keep full collections short (no pauses in the timings)
+        if warmup:  # opens the connections and warms the server up
+            await send(session, bodies, warmup)
+        before = await batch_size_totals(session, base, model)
+        elapsed = await send(session, bodies, requests)
+        after = await batch_size_totals(session, base, model)
+    rows_per_run = None
+    if before and after and after[1] > before[1]:
+        rows_per_run = (after[0] - before[0]) / (after[1] - before[1])
+    return Result(list(latencies), list(errors), elapsed, rows_per_run)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else math.nan
 
 
+def _concurrency_levels(text: str) -> List[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"every level must be at least 1, got {text!r}")
+    return levels
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export.loadtest", description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="the model's URL, http://HOST:PORT/v2/models/NAME")
-    parser.add_argument("--concurrency", type=int, default=8, help="clients sending at the same time (default 8)")
-    parser.add_argument("--requests", type=int, default=1000, help="requests in all (default 1000)")
+    parser.add_argument("--concurrency", type=_concurrency_levels, default=[8],
+                        help="clients sending at the same time; several levels separated by commas, "
+                             "one table row each (default 8)")
+    parser.add_argument("--requests", type=int, default=1000, help="timed requests per level (default 1000)")
     parser.add_argument("--rows", type=int, default=1, help="images per request (default 1)")
     parser.add_argument("--binary", action="store_true", help="send tensors with Triton's binary extension, not JSON")
-    parser.add_argument("--warmup", type=int, default=50, help="requests sent first and not counted (default 50)")
+    parser.add_argument("--warmup", type=int, default=50, help="requests sent first and not timed (default 50)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds allowed per request (default 30)")
     args = parser.parse_args(argv)
-    for name in ("concurrency", "requests", "rows"):
+    for name in ("requests", "rows"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
 
-    url = model_url(args.url)
-    parts = urlsplit(url)
-    base, model = f"{parts.scheme}://{parts.netloc}", url.split("/v2/models/")[1].split("/")[0]
-    with httpx.Client(timeout=args.timeout) as client:
-        try:
-            response = client.get(url)
-        except httpx.HTTPError as error:
-            raise SystemExit(f"error: cannot reach {url}: {error}") from None
-        if response.status_code != 200:
-            raise SystemExit(f"error: GET {url} answered {response.status_code}: {response.text[:200]}")
-        bodies = payloads(response.json(), args.rows, args.binary)
-        if args.warmup:
-            asyncio.run(_load(url + "/infer", bodies, min(args.concurrency, args.warmup), args.warmup, args.rows,
-                              args.timeout))
-        before = batch_size_totals(client, base, model)
-        latencies, errors, elapsed = asyncio.run(
-            _load(url + "/infer", bodies, args.concurrency, args.requests, args.rows, args.timeout))
-        after = batch_size_totals(client, base, model)
-
-    if before and after and after[1] > before[1]:
-        mean_batch = f"{(after[0] - before[0]) / (after[1] - before[1]):.1f}"
-    else:
-        mean_batch = "n/a"
-    ms = [1000 * s for s in latencies]
-    fields = [
-        ("url", url + "/infer"),
-        ("encoding", "binary" if args.binary else "json"),
-        ("concurrency", args.concurrency), ("requests", args.requests), ("rows/request", args.rows),
-        ("errors", len(errors)),
-        ("throughput", f"{args.requests / elapsed:.1f} requests/s ({args.requests * args.rows / elapsed:.1f} images/s)"),
-        ("latency ms", f"p50 {percentile(ms, 50):.2f}  p90 {percentile(ms, 90):.2f}  p99 {percentile(ms, 99):.2f}  "
-                       f"max {max(ms):.2f}"),
-        ("rows per run", f"{mean_batch} (server's pycnn_serve_batch_size during the test)"),
-    ]
-    for key, value in fields:
-        print(f"{key:<13} {value}")
-    for problem in sorted(set(errors))[:5]:
-        print(f"error         {problem}", file=sys.stderr)
-    sys.exit(1 if errors else 0)
+    print(f"{model_url(args.url)}/infer: {args.requests} requests per level, {args.rows} image(s) each, "
+          f"{'binary' if args.binary else 'JSON'} tensors")
+    header = ("concurrency", "errors", "requests/s", "images/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "rows/run")
+    print("  ".join(f"{h:>11}" for h in header))
+    failed = []
+    for concurrency in args.concurrency:
+        result = asyncio.run(run_load(args.url, concurrency, args.requests, args.rows, args.binary,
+                                      args.warmup, args.timeout))
+        ms = [1000 * s for s in result.latencies]
+        row = (concurrency, len(result.errors), f"{args.requests / result.elapsed:.1f}",
+               f"{args.requests * args.rows / result.elapsed:.1f}",
+               *(f"{percentile(ms, q):.2f}" for q in (50, 90, 99)), f"{max(ms):.2f}",
+               "n/a" if result.rows_per_run is None else f"{result.rows_per_run:.1f}")
+        print("  ".join(f"{str(v):>11}" for v in row), flush=True)
+        failed += result.errors
+    print("rows/run: the server's mean rows per onnxruntime run (pycnn_serve_batch_size) during the level")
+    for problem in sorted(set(failed))[:5]:
+        print(f"error: {problem}", file=sys.stderr)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
