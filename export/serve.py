@@ -38,17 +38,21 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import onnxruntime
+import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, generate_latest)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import pycnn
 from export import _protocol
 from export._batching import DynamicBatcher
+from export._image import image_to_input
 from export._protocol import ProtocolError, TensorSpec
+from pycnn.data import CLASSES
 
 log = logging.getLogger("export.serve")
 
@@ -177,6 +181,8 @@ class Metrics:
                                 labels, registry=self.registry)
         self.errors = Counter("pycnn_serve_errors", "Requests answered with a 4xx or 5xx status",
                               labels, registry=self.registry)
+        self.in_flight = Gauge("pycnn_serve_requests_in_flight", "HTTP requests being answered now",
+                               registry=self.registry)
         self.latency = Histogram("pycnn_serve_request_duration_seconds", "Time from request to response",
                                  ["endpoint", "model"], registry=self.registry,
                                  buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10))
@@ -221,14 +227,13 @@ class ServingMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = {"code": 500}
+        status, received = 500, 0
 
         async def send_observed(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             await send(message)
-
-        received = 0
 
         async def receive_limited():
             nonlocal received
@@ -239,6 +244,7 @@ class ServingMiddleware:
                     raise BodyTooLarge()
             return message
 
+        self.metrics.in_flight.inc()
         try:
             declared = dict(scope["headers"]).get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -246,11 +252,12 @@ class ServingMiddleware:
             else:
                 await self.app(scope, receive_limited, send_observed)
         finally:
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             model = (scope.get("path_params") or {}).get("name", "")
             self.metrics.observe_request(getattr(route, "name", "unmatched"),
                                          model if model in self.model_names else "",
-                                         status["code"], time.perf_counter() - started)
+                                         status, time.perf_counter() - started)
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -267,9 +274,6 @@ def too_large_response(limit: int) -> JSONResponse:
 def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_timeout_ms: float = 0.0,
                max_body_mb: float = 16.0) -> FastAPI:
     """The FastAPI application serving `models` (name -> ServedModel)."""
-    import pycnn
-    from pycnn.data import CLASSES
-
     metrics = Metrics()
     max_body_bytes = int(max_body_mb * 2**20)
 
@@ -382,8 +386,6 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
                        top_k: int = Query(3, ge=1, description="how many classes to return")):
         """An image file (PNG or JPEG, any size, colour or grey; the body, or a
         multipart 'file' field) -> the top-k Fashion-MNIST classes with probabilities."""
-        from export._image import image_to_input
-
         model = served(name)
         channels, height, width = model.input.shape[1:]
         if channels != 1:
@@ -483,8 +485,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ServeError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-
-    import torch
 
     torch.set_num_threads(1)  # only classify's resize uses torch; leave the cores to onnxruntime
     for model in models.values():

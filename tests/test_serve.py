@@ -379,8 +379,8 @@ def metric(server, name, **labels):
     text = server.client.get("/metrics").text
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
-        match = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
-        if match and match.group(1) == name and ",".join(sorted(match.group(2).split(","))) == wanted:
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if match and match.group(1) == name and ",".join(sorted((match.group(2) or "").split(","))) == wanted:
             return float(match.group(3))
     return 0.0
 
@@ -422,8 +422,8 @@ def test_metrics_count_requests_and_errors(server):
 # --- lifecycle and command line ----------------------------------------------
 
 def test_sigterm_finishes_requests_in_flight(onnx_files, tmp_path, direct):
-    # A request waits 1.5 s for company; SIGTERM arrives meanwhile.
-    server = Server(str(tmp_path), onnx_files["lenet_bn"], "--max-batch", "64", "--batch-timeout-ms", "1500")
+    # A request waits 3 s for company; SIGTERM arrives meanwhile.
+    server = Server(str(tmp_path), onnx_files["lenet_bn"], "--max-batch", "64", "--batch-timeout-ms", "3000")
     x = random_input(2, seed=9)
     answer = {}
 
@@ -433,7 +433,10 @@ def test_sigterm_finishes_requests_in_flight(onnx_files, tmp_path, direct):
 
     thread = threading.Thread(target=send)
     thread.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 2.5
+    while metric(server, "pycnn_serve_requests_in_flight") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the server holds the request (the other one is this /metrics)
+    assert metric(server, "pycnn_serve_requests_in_flight") == 2
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with pytest.raises(httpx.TransportError):  # no new connections while it drains
