@@ -121,8 +121,8 @@ def run_onnx(path: str, inputs: Sequence[torch.Tensor]) -> List:
 def triton_config(name: str, input_size: Sequence[int], num_classes: int, batch_size: Optional[int]) -> str:
     """config.pbtxt of a Triton model served by the onnxruntime backend.
 
-    Dynamic batch: max_batch_size TRITON_MAX_BATCH and dims without the batch;
-    fixed batch: max_batch_size 0 and dims with it."""
+    Dynamic batch: max_batch_size TRITON_MAX_BATCH, dims without the batch and
+    dynamic batching on; fixed batch: max_batch_size 0 and dims with it."""
     if batch_size is None:
         max_batch, input_dims, output_dims = TRITON_MAX_BATCH, list(input_size), [num_classes]
     else:
@@ -132,9 +132,12 @@ def triton_config(name: str, input_size: Sequence[int], num_classes: int, batch_
         return (f'  {{\n    name: "{tensor_name}"\n    data_type: TYPE_FP32\n'
                 f'    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}')
 
+    # Dynamic batch: Triton gathers concurrent requests as export.serve does
+    # (default max_queue_delay 0: what is waiting, no more).
+    batching = "dynamic_batching { }\n" if batch_size is None else ""
     return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch}\n'
             f'input [\n{tensor(INPUT_NAME, input_dims)}\n]\n'
-            f'output [\n{tensor(OUTPUT_NAME, output_dims)}\n]\n')
+            f'output [\n{tensor(OUTPUT_NAME, output_dims)}\n]\n{batching}')
 
 
 def write_triton_repo(repo: str, name: str, onnx_path: str, input_size: Sequence[int], num_classes: int,

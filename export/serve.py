@@ -10,6 +10,7 @@ Each file is served under its stem (exports/resnet18.onnx -> resnet18):
     GET  /v2                                    server metadata
     GET  /v2/models/NAME                        model metadata (inputs, outputs; -1 = dynamic batch)
     GET  /v2/models/NAME/ready                  model readiness
+    GET  /v2/models/NAME/config                 Triton's model configuration (max_batch_size, dims)
     POST /v2/models/NAME/infer                  KServe v2 inference (JSON or Triton's binary tensors)
     POST /v2/models/NAME/classify?top_k=3       an image file -> the top-k Fashion-MNIST classes
     GET  /metrics                               Prometheus metrics
@@ -96,6 +97,21 @@ class ServedModel:
     def metadata(self) -> dict:
         return {"name": self.name, "versions": [MODEL_VERSION], "platform": "onnxruntime_onnx",
                 "inputs": [self.input.metadata()], "outputs": [spec.metadata() for spec in self.outputs]}
+
+    def config(self, max_batch: int, batch_timeout_ms: float) -> dict:
+        """The model's configuration in Triton's JSON form (what tritonclient's
+        get_model_config reads): dims without the batch when it is dynamic."""
+        def tensor(spec: TensorSpec) -> dict:
+            dims = list(spec.shape[1:] if self.fixed_batch is None else spec.shape)
+            data_type = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
+            return {"name": spec.name, "data_type": data_type, "dims": dims}
+
+        config = {"name": self.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+                  "max_batch_size": 0 if self.fixed_batch else max_batch,
+                  "input": [tensor(self.input)], "output": [tensor(spec) for spec in self.outputs]}
+        if self.fixed_batch is None and max_batch > 1:
+            config["dynamic_batching"] = {"max_queue_delay_microseconds": round(batch_timeout_ms * 1000)}
+        return config
 
 
 def _spec(node, path: str) -> TensorSpec:
@@ -352,6 +368,12 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
     @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"])
     async def model_metadata(name: str, version: Optional[str] = None):
         return served(name, version).metadata()
+
+    @app.get("/v2/models/{name}/config", tags=["metadata"])
+    @app.get("/v2/models/{name}/versions/{version}/config", tags=["metadata"])
+    async def model_config(name: str, version: Optional[str] = None):
+        """Triton's model configuration (JSON), for clients that ask for it."""
+        return served(name, version).config(max_batch, batch_timeout_ms)
 
     @app.get("/v2/models/{name}/ready", tags=["health"])
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"])

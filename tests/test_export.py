@@ -201,7 +201,8 @@ def test_triton_config_dynamic_batch():
     assert config == (
         'name: "resnet18"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 256\n'
         'input [\n  {\n    name: "input"\n    data_type: TYPE_FP32\n    dims: [ 1, 96, 96 ]\n  }\n]\n'
-        'output [\n  {\n    name: "logits"\n    data_type: TYPE_FP32\n    dims: [ 10 ]\n  }\n]\n')
+        'output [\n  {\n    name: "logits"\n    data_type: TYPE_FP32\n    dims: [ 10 ]\n  }\n]\n'
+        'dynamic_batching { }\n')
 
 
 def test_cli_onnx_fixed_batch_and_triton_repo(tmp_path):
@@ -215,6 +216,7 @@ def test_cli_onnx_fixed_batch_and_triton_repo(tmp_path):
     assert (repo / "lenet" / "1" / "model.onnx").read_bytes() == out.read_bytes()
     config = (repo / "lenet" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 0" in config
+    assert "dynamic_batching" not in config  # a fixed batch cannot be gathered
     assert "dims: [ 2, 1, 28, 28 ]" in config and "dims: [ 2, 10 ]" in config
     assert config.count("TYPE_FP32") == 2 and 'name: "input"' in config and 'name: "logits"' in config
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim

@@ -165,6 +165,14 @@ def test_model_metadata_and_readiness(server):
     assert fixed["outputs"][0]["shape"] == [FIXED_BATCH, 10]
     for path in ("/v2/models/lenet_bn/ready", "/v2/models/lenet_fixed/versions/1/ready"):
         assert server.client.get(path).json()["ready"] is True
+    assert server.client.get("/v2/models/lenet_bn/config").json() == {
+        "name": "lenet_bn", "platform": "onnxruntime_onnx", "backend": "onnxruntime", "max_batch_size": 16,
+        "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, 28, 28]}],
+        "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": 20000}}
+    fixed_config = server.client.get("/v2/models/lenet_fixed/config").json()
+    assert fixed_config["max_batch_size"] == 0 and fixed_config["input"][0]["dims"] == [FIXED_BATCH, 1, 28, 28]
+    assert "dynamic_batching" not in fixed_config
 
 
 # --- inference ------------------------------------------------------------------
@@ -210,6 +218,7 @@ def test_tritons_own_client(server, direct, binary):
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("lenet_bn")
     assert client.get_model_metadata("lenet_bn")["inputs"][0]["shape"] == [-1, 1, 28, 28]
+    assert client.get_model_config("lenet_bn")["max_batch_size"] == 16
     x = random_input(3, seed=5)
     tensor = triton.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary)
