@@ -180,12 +180,13 @@ def parse_infer_request(body: bytes, header_length: Optional[str], model_name: s
         missing = [key for key in ("name", "shape", "datatype") if key not in tensor]
         _require(not missing, f"inputs[{index}] has no {', '.join(repr(k) for k in missing)}")
         name = tensor["name"]
+        _require(isinstance(name, str), f"inputs[{index}]: 'name' must be a string, got {name!r}")
         _require(name in by_name, f"model '{model_name}' has no input {name!r}; its inputs: "
                                   f"{', '.join(repr(n) for n in by_name)}")
         _require(name not in arrays, f"input '{name}' is given twice")
         spec = by_name[name]
         datatype = tensor["datatype"]
-        _require(datatype in DATATYPES or datatype == "BYTES",
+        _require(isinstance(datatype, str) and (datatype in DATATYPES or datatype == "BYTES"),
                  f"input '{name}': unknown datatype {datatype!r} (protocol datatypes: {', '.join(DATATYPES)}, BYTES)")
         _require(datatype == spec.datatype, f"input '{name}': datatype {datatype} does not match the model's {spec.datatype}")
         shape = tensor["shape"]
@@ -226,7 +227,7 @@ def _requested_outputs(request: dict, outputs: Sequence[TensorSpec]) -> Tuple[Li
     for index, output in enumerate(wanted):
         _require(isinstance(output, dict) and "name" in output, f"outputs[{index}] must be an object with a 'name'")
         name = output["name"]
-        _require(name in known, f"the model has no output {name!r}; its outputs: {', '.join(repr(n) for n in known)}")
+        _require(isinstance(name, str) and name in known, f"the model has no output {name!r}; its outputs: {', '.join(repr(n) for n in known)}")
         names.append(name)
         output_parameters = output.get("parameters") or {}
         _require(isinstance(output_parameters, dict), f"outputs[{index}]: 'parameters' must be an object")
