@@ -5,7 +5,8 @@
 
 Any size, colour or grey, PNG or JPEG (or anything else Pillow decodes) becomes
 a Fashion-MNIST-like picture first: turned upright (EXIF orientation), alpha
-composited onto black, converted to grey (ITU-R 601-2 luma), padded to a square
+composited onto black, converted to grey (ITU-R 601-2 luma; 16-bit grey scaled
+to 8 bits), padded to a square
 with black, and resized to 28x28 with Pillow's antialiased bilinear filter.
 From there it is exactly the training transform, pycnn.data.prepare_images:
 scaled to [0, 1] and resized bilinearly to the model's input size. A 28x28 grey
@@ -55,6 +56,11 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit grey (PNG): Pillow's conversion to L clips at 255; scale instead.
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.round(wide / 257).clip(0, 255).astype(np.uint8) if wide.max() > 255
+                                else wide.astype(np.uint8), "L")
     grey = image.convert("L")
     side = max(grey.size)
     if grey.size != (side, side):

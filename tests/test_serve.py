@@ -237,9 +237,9 @@ def test_fixed_batch_model(server, direct):
 
 # --- classify -------------------------------------------------------------------
 
-def png_bytes(array, mode="L"):
+def png_bytes(array, mode=None):
     buffer = io.BytesIO()
-    Image.fromarray(array, mode).save(buffer, "PNG")
+    (Image.fromarray(array) if mode is None else Image.fromarray(array, mode)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -301,6 +301,10 @@ def test_image_conversion():
     transparent = np.zeros((28, 28, 4), np.uint8)
     transparent[..., :3] = 255  # white, but fully transparent
     assert to_fashion_mnist(Image.open(io.BytesIO(png_bytes(transparent, "RGBA")))).max() == 0
+
+    deep = (np.arange(28 * 28, dtype=np.uint32).reshape(28, 28) * 83).astype(np.uint16)  # 16-bit grey
+    expected = np.round(deep / 257).astype(np.uint8)
+    np.testing.assert_array_equal(to_fashion_mnist(Image.open(io.BytesIO(png_bytes(deep)))), expected)
 
     wide = np.full((10, 56), 255, np.uint8)  # white 56x10 -> a white band across the middle
     converted = to_fashion_mnist(Image.open(io.BytesIO(png_bytes(wide))))
