@@ -129,7 +129,8 @@ def resolve_providers(names: Sequence[str]) -> List[str]:
     for name in names:
         provider = PROVIDER_ALIASES.get(name.lower(), name)
         if provider not in available:
-            if provider in DEFAULT_PROVIDERS:  # onnxruntime without GPU support: CPU only
+            if provider in DEFAULT_PROVIDERS:  # an onnxruntime built without CUDA: CPU only
+                log.warning("this onnxruntime has no %s; serving on the others (%s)", provider, ", ".join(available))
                 continue
             raise ServeError(f"--providers: {name!r} is not a provider of this onnxruntime "
                              f"(available: {', '.join(available)})")

@@ -467,6 +467,16 @@ def test_missing_cuda_provider_falls_back_to_cpu_with_one_warning(server):
     assert "lenet_bn.onnx on CPUExecutionProvider" in output
 
 
+def test_onnxruntime_without_cuda_serves_on_cpu_with_one_warning(monkeypatch, caplog):
+    from export import serve
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with caplog.at_level("WARNING", logger="export.serve"):
+        assert serve.resolve_providers(["cuda", "cpu"]) == ["CPUExecutionProvider"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "this onnxruntime has no CUDAExecutionProvider; serving on the others (CPUExecutionProvider)"]
+
+
 def _serve_cli(*args):
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", "export.serve", *args, "--port", str(free_port())], cwd=ROOT,
