@@ -61,7 +61,7 @@ def payloads(metadata: dict, rows: int, binary: bool) -> List[Tuple[bytes, dict]
     spec = metadata["inputs"][0]
     if spec["datatype"] != "FP32":
         raise SystemExit(f"error: the model's input is {spec['datatype']}; the load test sends FP32")
-    shape = [d for d in spec["shape"][1:]]
+    shape = list(spec["shape"][1:])
     if any(d < 1 for d in shape):
         raise SystemExit(f"error: the model's input shape {spec['shape']} has dynamic dimensions besides the batch")
     data = input_rows(shape, DISTINCT_PAYLOADS * rows)
