@@ -8,7 +8,8 @@ Each CLI (export.onnx, export.torchscript, export.program) is
     batches = check_batches(input_size, ...)      # real Fashion-MNIST images, random input
     with atomic_output(args.out) as tmp:          # put in place only if all of it passes
         <export to tmp>; <reload tmp and run it on the batches>
-        summarise(fields, [compare(...) per batch], ...)   # raises ChecksFailed
+        check_and_summarise(args, model, source, tmp, batches, references, outputs,
+                            format_text=..., runtime=...)   # raises ChecksFailed
 
 and every error a user can cause (unknown model, a checkpoint of another
 architecture, a missing checkpoint, an unwritable output) is an ExportError:
@@ -352,6 +353,24 @@ def summarise(fields: List[tuple], comparisons: List[Comparison], tolerance: flo
         print(f"error: the export of {out} FAILED its check: a difference above {tolerance:g} of the "
               "output scale, or another top-1 class on a real image; nothing written", file=sys.stderr)
         raise ChecksFailed(out)
+
+
+def check_and_summarise(args: argparse.Namespace, model: torch.nn.Module, source: str, tmp: str,
+                        batches: List[tuple], references: List[torch.Tensor], outputs: Sequence, *,
+                        format_text: str, runtime: str) -> None:
+    """Compare each exported output with PyTorch's and print the summary every
+    CLI prints (model, weights, parameters, format, runtime, file size, checks);
+    ChecksFailed unless every check passed."""
+    comparisons = [compare(label, reference, output, args.tolerance)
+                   for (label, _), reference, output in zip(batches, references, outputs)]
+    summarise([
+        ("model", args.model),
+        ("weights", source),
+        ("parameters", f"{count_parameters(model):,}"),
+        ("format", format_text),
+        ("runtime", runtime),
+        ("file size", file_size(tmp)),
+    ], comparisons, args.tolerance, args.out)
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from export import _common
 from export._protocol import HEADER_LENGTH
 
 DISTINCT_PAYLOADS = 64
@@ -43,17 +44,16 @@ def model_url(url: str) -> str:
 
 
 def input_rows(shape: Sequence[int], count: int) -> np.ndarray:
-    """`count` float32 inputs of shape (C, H, W): real test images when available."""
+    """`count` float32 inputs of shape (C, H, W): real test images when available
+    (the export checks' batch), else reproducible random input."""
     try:
-        import torch
-
-        from pycnn.data import load_split, prepare_images
-
-        images, _ = load_split("test")
-        return prepare_images(torch.from_numpy(images[:count]).unsqueeze(1), shape[1:]).numpy()
-    except (ImportError, OSError):
+        rows = _common.real_batch(shape, count)
+    except _common.ExportError as error:
+        raise SystemExit(f"error: {error}") from None
+    if rows is None:
         print("note: Fashion-MNIST not found; sending random input", file=sys.stderr)
-        return np.random.default_rng(0).random((count, *shape), dtype=np.float32)
+        rows = _common.random_batch(shape, count)
+    return rows.numpy()
 
 
 def payloads(metadata: dict, rows: int, binary: bool) -> List[Tuple[bytes, dict]]:

@@ -168,17 +168,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with _common.atomic_output(args.out) as tmp:
         export_onnx(model, tmp, opset=args.opset, batch_size=args.batch_size, input_size=input_size)
         outputs = run_onnx(tmp, [x for _, x in batches])
-        comparisons = [_common.compare(label, ref, out, args.tolerance)
-                       for (label, _), ref, out in zip(batches, references, outputs)]
-        _common.summarise([
-            ("model", args.model),
-            ("weights", source),
-            ("parameters", f"{_common.count_parameters(model):,}"),
-            ("format", f"ONNX, opset {args.opset}, standard operators only, "
-                       + (f"batch {args.batch_size}" if args.batch_size else "dynamic batch")),
-            ("runtime", f"onnxruntime {__import__('onnxruntime').__version__} ({', '.join(providers())})"),
-            ("file size", _common.file_size(tmp)),
-        ], comparisons, args.tolerance, args.out)
+        _common.check_and_summarise(
+            args, model, source, tmp, batches, references, outputs,
+            format_text=f"ONNX, opset {args.opset}, standard operators only, "
+                        + (f"batch {args.batch_size}" if args.batch_size else "dynamic batch"),
+            runtime=f"onnxruntime {__import__('onnxruntime').__version__} ({', '.join(providers())})")
     if args.triton_repo:
         model_dir = write_triton_repo(args.triton_repo, args.model, args.out, input_size,
                                       references[0].shape[1], args.batch_size)

@@ -81,18 +81,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with _common.atomic_output(args.out) as tmp:
         export_program(model, tmp, batch_size=args.batch_size, input_size=input_size)
         outputs, names = run_program(tmp, [x for _, x in batches])
-        comparisons = [_common.compare(label, ref, out, args.tolerance)
-                       for (label, _), ref, out in zip(batches, references, outputs)]
-        _common.summarise([
-            ("model", args.model),
-            ("weights", source),
-            ("parameters", f"{_common.count_parameters(model):,}"),
-            ("format", "torch.export ExportedProgram, "
-                       + (f"batch {args.batch_size}" if args.batch_size else "dynamic batch")
-                       + f"; operators: {', '.join(sorted(pycnn_operators(names)))}"),
-            ("runtime", "torch.export.load"),
-            ("file size", _common.file_size(tmp)),
-        ], comparisons, args.tolerance, args.out)
+        _common.check_and_summarise(
+            args, model, source, tmp, batches, references, outputs,
+            format_text="torch.export ExportedProgram, "
+                        + (f"batch {args.batch_size}" if args.batch_size else "dynamic batch")
+                        + f"; operators: {', '.join(sorted(pycnn_operators(names)))}",
+            runtime="torch.export.load")
 
 
 if __name__ == "__main__":

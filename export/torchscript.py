@@ -123,16 +123,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         outputs, kinds = run_torchscript_fresh(tmp, [x for _, x in batches])
         if native_operators(kinds) or not pycnn_operators(kinds):
             raise ExportError(f"the reloaded graph calls {', '.join(sorted(native_operators(kinds))) or 'no pycnn operator'}")
-        comparisons = [_common.compare(label, ref, out, args.tolerance)
-                       for (label, _), ref, out in zip(batches, references, outputs)]
-        _common.summarise([
-            ("model", args.model),
-            ("weights", source),
-            ("parameters", f"{_common.count_parameters(model):,}"),
-            ("format", f"TorchScript (torch.jit.script), dynamic batch; operators: {', '.join(sorted(pycnn_operators(kinds)))}"),
-            ("runtime", "torch.jit.load in a fresh process"),
-            ("file size", _common.file_size(tmp)),
-        ], comparisons, args.tolerance, args.out)
+        _common.check_and_summarise(
+            args, model, source, tmp, batches, references, outputs,
+            format_text=f"TorchScript (torch.jit.script), dynamic batch; operators: "
+                        f"{', '.join(sorted(pycnn_operators(kinds)))}",
+            runtime="torch.jit.load in a fresh process")
 
 
 if __name__ == "__main__":
