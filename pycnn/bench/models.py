@@ -13,11 +13,12 @@ minutes (lenet, lenet_bn 64; alexnet, vgg11, nin 8; googlenet, resnet18,
 densenet 16); on CUDA the reference training runs' (ARCHITECTURES.md: 256 for
 lenet, lenet_bn, resnet18, densenet; 128 for the others). --batch overrides
 them all. VGG-11 runs at a quarter width (width_divisor=4), as the reference
-training run does.
+training run does. --resize N feeds every model N x N inputs instead of its
+default input size (to time a recipe that trains at another resolution).
 """
 import statistics
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -79,13 +80,20 @@ def _interleaved(ours, native, device, repeats):
     return statistics.median(ours_times), statistics.median(native_times)
 
 
-def measure(name: str, batch: int, device, repeats: int, warmup: int = 2) -> Dict:
+def measure(name: str, batch: int, device, repeats: int, warmup: int = 2, resize: Optional[int] = None) -> Dict:
     torch.manual_seed(0)
     options = OPTIONS.get(name, {})
     native = pycnn.models.create(name, backend="native", **options).to(device)
     ours = pycnn.models.create(name, backend="pycnn", **options).to(device)
     ours.load_state_dict(native.state_dict())
-    x = torch.randn(batch, *ours.default_input_size, device=device)
+    channels, height, width = ours.default_input_size
+    if resize:
+        height = width = resize
+    try:
+        ours.stage_shapes((channels, height, width))
+    except RuntimeError as error:
+        raise SystemExit(f"{name} cannot take {height}x{width} inputs: {str(error).splitlines()[0]}") from None
+    x = torch.randn(batch, channels, height, width, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
     runners = _Runner(ours, x, labels), _Runner(native, x.clone(), labels.clone())
     for _ in range(warmup):
@@ -94,7 +102,7 @@ def measure(name: str, batch: int, device, repeats: int, warmup: int = 2) -> Dic
             runner.inference()
     train = _interleaved(runners[0].train_step, runners[1].train_step, device, repeats)
     infer = _interleaved(runners[0].inference, runners[1].inference, device, repeats)
-    return {"name": name, "input": ours.default_input_size, "batch": batch,
+    return {"name": name, "input": tuple(x.shape[1:]), "batch": batch,
             "train": train, "infer": infer}
 
 
@@ -105,6 +113,8 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: 10 CPU, 30 CUDA)")
     parser.add_argument("--models", default=",".join(pycnn.models.list_models()),
                         help="comma-separated model names (default: all eight)")
+    parser.add_argument("--resize", type=int, default=None,
+                        help="input height = width for every model (default: each model's input size)")
 
 
 def run(args):
@@ -115,6 +125,8 @@ def run(args):
     unknown = [n for n in names if n not in pycnn.models.list_models()]
     if unknown:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(pycnn.models.list_models())}")
+    if args.resize is not None and args.resize <= 0:
+        raise SystemExit(f"--resize must be positive, got {args.resize}")
     repeats = args.repeats or (30 if device.type == "cuda" else 10)
     target = TARGETS.get(device.type)
     print(f"# pycnn.bench models: {describe_machine(device)}; float32, median of {repeats}")
@@ -125,7 +137,7 @@ def run(args):
     met_all = True
     for name in names:
         batch = args.batch or DEFAULT_BATCH[device.type][name]
-        r = measure(name, batch, device, repeats)
+        r = measure(name, batch, device, repeats, resize=args.resize)
         (train_ours, train_native), (infer_ours, infer_native) = r["train"], r["infer"]
         ratio = train_ours / train_native
         if target:
