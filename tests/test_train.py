@@ -58,6 +58,19 @@ def test_short_run_writes_files(tmp_path):
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.parametrize("recipe", sorted(ptrain.RECIPES))
+def test_every_recipe_fits_its_model(recipe):
+    # A recipe's resize must be an input its model takes (DenseNet, say, cannot take 28x28:
+    # its last transition would pool a 1x1 map), and its batch size and lr must be valid.
+    import pycnn.models
+    for name in ptrain.RECIPES[recipe]:
+        config = ptrain.resolve_config(ptrain.build_parser().parse_args(["--model", name, "--recipe", recipe]), None)
+        assert config["recipe"] == recipe and config["epochs"] == 10
+        model = pycnn.models.create(name, **config["model_options"])
+        size = config["resize"] or model.default_input_size[1]
+        assert list(model.stage_shapes((1, size, size)).values())[-1] == (10,)
+
+
 class Killed(Exception):
     pass
 
