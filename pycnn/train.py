@@ -472,12 +472,10 @@ def train(config: Dict[str, Any], ctx: Dist, checkpoint: Optional[Dict[str, Any]
         model = pycnn.models.create(config["model"], backend=config["backend"], **config["model_options"])
     except (TypeError, ValueError) as error:
         raise UserError(str(error)) from None
-    size = (config["resize"],) * 2 if config["resize"] else tuple(model.default_input_size[1:])
     try:
-        model.stage_shapes((model.default_input_size[0], *size))
-    except RuntimeError as error:
-        raise UserError(f"{config['model']} cannot take {size[0]}x{size[1]} inputs: "
-                        f"{str(error).splitlines()[0]}") from None
+        size = model.checked_input_size(config["resize"])[1:]
+    except ValueError as error:
+        raise UserError(str(error)) from None
     model.to(device)
     if ctx.enabled and ctx.rank > 0:
         torch.manual_seed(seed + 1_000_003 * ctx.rank)  # other dropout masks on other ranks

@@ -67,8 +67,14 @@ def test_every_recipe_fits_its_model(recipe):
         config = ptrain.resolve_config(ptrain.build_parser().parse_args(["--model", name, "--recipe", recipe]), None)
         assert config["recipe"] == recipe and config["epochs"] == 10
         model = pycnn.models.create(name, **config["model_options"])
-        size = config["resize"] or model.default_input_size[1]
-        assert list(model.stage_shapes((1, size, size)).values())[-1] == (10,)
+        assert list(model.stage_shapes(model.checked_input_size(config["resize"])).values())[-1] == (10,)
+
+
+def test_input_size_the_model_cannot_take(tmp_path, capsys):
+    assert run("--model", "densenet", "--resize", 28, "--out", tmp_path, *FAST) == 2
+    err = capsys.readouterr().err
+    assert "densenet cannot take 28x28 inputs" in err and "avg_pool2d" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "checkpoint.pt")
 
 
 class Killed(Exception):

@@ -86,14 +86,11 @@ def measure(name: str, batch: int, device, repeats: int, warmup: int = 2, resize
     native = pycnn.models.create(name, backend="native", **options).to(device)
     ours = pycnn.models.create(name, backend="pycnn", **options).to(device)
     ours.load_state_dict(native.state_dict())
-    channels, height, width = ours.default_input_size
-    if resize:
-        height = width = resize
     try:
-        ours.stage_shapes((channels, height, width))
-    except RuntimeError as error:
-        raise SystemExit(f"{name} cannot take {height}x{width} inputs: {str(error).splitlines()[0]}") from None
-    x = torch.randn(batch, channels, height, width, device=device)
+        input_size = ours.checked_input_size(resize)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    x = torch.randn(batch, *input_size, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
     runners = _Runner(ours, x, labels), _Runner(native, x.clone(), labels.clone())
     for _ in range(warmup):

@@ -1,7 +1,7 @@
 """What every model shares: the layer namespaces of the two backends, the
 model class (an nn.Sequential of named stages) and the initialisation."""
 from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -72,6 +72,21 @@ class ClassicCNN(nn.Sequential):
         finally:
             self.train(was_training)
         return shapes
+
+    def checked_input_size(self, side: Optional[int] = None) -> Tuple[int, int, int]:
+        """(C, side, side), or default_input_size when `side` is None, after
+        checking that the architecture takes it: a ValueError naming the model,
+        the size and the first layer that cannot otherwise (too small a map for
+        a window, a Linear layer laid out for another size)."""
+        channels, height, width = self.default_input_size
+        if side is not None:
+            height = width = int(side)
+        try:
+            self.stage_shapes((channels, height, width))
+        except RuntimeError as error:
+            raise ValueError(f"{self.arch} cannot take {height}x{width} inputs: "
+                             f"{str(error).splitlines()[0]}") from None
+        return channels, height, width
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, backend={self.backend!r}, default_input_size={self.default_input_size}"
