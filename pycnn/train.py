@@ -25,8 +25,9 @@ lr, 10 epochs, batch/lr per model (vgg11 with width_divisor=4), input resized
 (bilinear) to the model's input size. best: measured where a 2-core CPU could
 run it (final-epoch test accuracy of 10-epoch runs, --workers 0; the LeNets
 with --threads 1). ResNet-18 trains at Fashion-MNIST's own 28x28, DenseNet
-(whose last transition needs at least 32x32) and GoogLeNet at 32x32, instead of
-96x96: 9 to 12 times less arithmetic, which made them trainable on that CPU.
+(which needs at least 29x29: at 28x28 its last transition would pool a 1x1 map)
+and GoogLeNet at 32x32, instead of 96x96: 9 to 12 times less arithmetic, which
+made them trainable on that CPU.
 AlexNet, VGG-11 and NiN (224x224) have no measured improved recipe.
 
   model      recipe     options                                        seeds: test acc
