@@ -36,21 +36,23 @@ HEADER = """\
 
 
 def requirements():
-    """The ranges to resolve: pyproject.toml's dependencies, extras and build
-    requirements, then requirements/ci.in, whose pins win (pip takes the
-    intersection of every specifier given for a package)."""
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-        pyproject = tomllib.load(f)
-    project = pyproject["project"]
-    wanted = list(project.get("dependencies", []))
-    for extra in project.get("optional-dependencies", {}).values():
-        wanted += extra
-    wanted += pyproject.get("build-system", {}).get("requires", [])
+    """The ranges to resolve: requirements/ci.in, then pyproject.toml's
+    dependencies, extras and build requirements. pip takes the intersection of
+    every specifier given for a package; ci.in's come first so that pip starts
+    from its pins (and downloads no torch that the pin would then reject)."""
+    wanted = []
     with open(INPUT) as f:
         for line in f:
             line = line.split("#", 1)[0].strip()
             if line:
                 wanted.append(line)
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        pyproject = tomllib.load(f)
+    project = pyproject["project"]
+    wanted += project.get("dependencies", [])
+    for extra in project.get("optional-dependencies", {}).values():
+        wanted += extra
+    wanted += pyproject.get("build-system", {}).get("requires", [])
     return list(dict.fromkeys(wanted))
 
 
