@@ -76,7 +76,7 @@ def main(argv=None):
     run(*pip, "check")
 
     frozen = subprocess.run(
-        (*pip, "freeze", "--exclude", "pip", "--exclude", "pycnn"),
+        (*pip, "freeze", "--all", "--exclude", "pip", "--exclude", "pycnn"),
         check=True, capture_output=True, text=True,
     ).stdout
     platform = subprocess.run(
