@@ -2,15 +2,16 @@
 
 Importing pycnn loads the compiled library, which registers the operators
 ``torch.ops.pycnn.*`` (corr2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d,
-batch_norm and their backwards), then registers their fake kernels and autograd
-formulas (pycnn/_ops.py). Use them through :mod:`pycnn.functional` (a drop-in
+batch_norm and their backwards), then registers their fake kernels and autocast
+rules (pycnn/_ops.py), their derivatives (pycnn/_autograd.py) and their vmap
+batching rules (pycnn/_vmap.py). Use them through :mod:`pycnn.functional` (a drop-in
 for ``torch.nn.functional``) or :mod:`pycnn.nn` (drop-ins for ``torch.nn``).
 """
 from pycnn._library import cuda_kernels_built, load_library
 
 load_library()
 
-from pycnn import _ops  # noqa: E402  (registers fake kernels and autograd)
+from pycnn import _autograd, _ops, _vmap  # noqa: E402,F401  (registrations)
 from pycnn import functional, nn  # noqa: E402
 
 __version__ = "0.1.0"

@@ -3,7 +3,8 @@
 The compiled library (csrc/) defines the schemas and the CPU/CUDA kernels.
 Here, each operator gets a fake kernel -- the output's shape and dtype without
 computing it, so torch.export, torch.compile and the ONNX exporter can trace
-it -- and each forward operator its backward, which is itself a pycnn operator.
+it -- and its autocast rule. Derivatives are in pycnn/_autograd.py, vmap's
+batching rules in pycnn/_vmap.py.
 The shape arithmetic mirrors csrc/include/pycnn/window.h and works on
 symbolic sizes (a dynamic batch dimension).
 """
@@ -107,108 +108,6 @@ def _batch_norm_fake(input, weight, bias, running_mean, running_var, training, m
 def _batch_norm_backward_fake(grad_output, input, weight, save_mean, save_invstd, used_batch_stats):
     channels = input.shape[1]
     return input.new_empty(input.shape), input.new_empty((channels,)), input.new_empty((channels,))
-
-
-# --- autograd -----------------------------------------------------------------
-
-
-def _corr2d_setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.args = (stride, padding, dilation, groups)
-    ctx.has_bias = bias is not None
-
-
-def _corr2d_backward(ctx, grad_output):
-    input, weight = ctx.saved_tensors
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.corr2d_backward_input(grad_output, weight, input.shape, *ctx.args)
-    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-        grad_weight, grad_bias = ops.corr2d_backward_weight(grad_output, input, weight.shape, *ctx.args)
-        grad_weight = grad_weight if ctx.needs_input_grad[1] else None
-        grad_bias = grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return grad_input, grad_weight, grad_bias, None, None, None, None
-
-
-torch.library.register_autograd("pycnn::corr2d", _corr2d_backward, setup_context=_corr2d_setup_context)
-
-
-def _max_pool2d_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output[1])
-    ctx.mark_non_differentiable(output[1])
-
-
-def _max_pool2d_backward(ctx, grad_output, grad_indices):
-    input, indices = ctx.saved_tensors
-    return ops.max_pool2d_backward(grad_output, input, indices), None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "pycnn::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context
-)
-
-
-def _avg_pool2d_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.args = inputs[1:]
-
-
-def _avg_pool2d_backward(ctx, grad_output):
-    (input,) = ctx.saved_tensors
-    return (ops.avg_pool2d_backward(grad_output, input, *ctx.args),) + (None,) * 6
-
-
-torch.library.register_autograd(
-    "pycnn::avg_pool2d", _avg_pool2d_backward, setup_context=_avg_pool2d_setup_context
-)
-
-
-def _adaptive_avg_pool2d_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _adaptive_avg_pool2d_backward(ctx, grad_output):
-    (input,) = ctx.saved_tensors
-    return ops.adaptive_avg_pool2d_backward(grad_output, input), None
-
-
-torch.library.register_autograd(
-    "pycnn::adaptive_avg_pool2d",
-    _adaptive_avg_pool2d_backward,
-    setup_context=_adaptive_avg_pool2d_setup_context,
-)
-
-
-def _batch_norm_setup_context(ctx, inputs, output):
-    input, weight, bias, running_mean, running_var, training, momentum, eps = inputs
-    _, save_mean, save_invstd, new_running_mean, new_running_var = output
-    ctx.save_for_backward(input, weight, save_mean, save_invstd)
-    ctx.used_batch_stats = training or running_mean is None
-    ctx.mark_non_differentiable(save_mean, save_invstd, new_running_mean, new_running_var)
-
-
-def _batch_norm_backward(ctx, grad_output, *grad_statistics):
-    input, weight, save_mean, save_invstd = ctx.saved_tensors
-    grad_input, grad_weight, grad_bias = ops.batch_norm_backward(
-        grad_output, input, weight, save_mean, save_invstd, ctx.used_batch_stats
-    )
-    needs = ctx.needs_input_grad
-    return (
-        grad_input if needs[0] else None,
-        grad_weight if needs[1] else None,
-        grad_bias if needs[2] else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
-
-
-torch.library.register_autograd(
-    "pycnn::batch_norm", _batch_norm_backward, setup_context=_batch_norm_setup_context
-)
 
 
 # --- autocast -------------------------------------------------------------------
