@@ -24,11 +24,15 @@ TORCH_LIBRARY(pycnn, m) {
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> (Tensor grad_weight, Tensor grad_bias)");
 
   // Max pooling: values and the per-plane flat argmax (h * W + w), as PyTorch.
+  // The backward takes the window too, so that a kernel can gather, for each
+  // input element, from the windows that may hold it (deterministic, no
+  // atomics), and so that grad_output's shape is checked against the pooling's.
   m.def(
       "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, bool ceil_mode) -> (Tensor output, Tensor indices)");
   m.def(
-      "max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices) -> Tensor");
+      "max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
 
   // Average pooling with PyTorch's padding / ceil_mode / divisor rules.
   m.def(

@@ -250,12 +250,13 @@ def _gather_planes(values, indices):
 
 def _max_pool2d_setup_context(ctx, inputs, output):
     _save(ctx, inputs[0], output[1])
+    ctx.args = inputs[1:]
     ctx.mark_non_differentiable(output[1])
 
 
 def _max_pool2d_backward(ctx, grad_output, _grad_indices):
     input, indices = ctx.saved_tensors
-    return ops.max_pool2d_backward(grad_output, input, indices), None, None, None, None, None
+    return ops.max_pool2d_backward(grad_output, input, indices, *ctx.args), None, None, None, None, None
 
 
 def _max_pool2d_jvp(ctx, input_t, *_):
@@ -267,19 +268,20 @@ _register("max_pool2d", setup_context=_max_pool2d_setup_context, backward=_max_p
 
 
 def _max_pool2d_backward_setup_context(ctx, inputs, output):
-    _, input, indices = inputs
+    _, input, indices, *args = inputs
     _save(ctx, input, indices)
+    ctx.args = args
 
 
 def _max_pool2d_backward_backward(ctx, grad_grad_input):
     # Linear in grad_output; piecewise constant in the input (native: zeros).
     _, indices = ctx.saved_tensors
-    return _gather_planes(grad_grad_input, indices), None, None
+    return (_gather_planes(grad_grad_input, indices),) + (None,) * 7
 
 
 def _max_pool2d_backward_jvp(ctx, grad_output_t, *_):
     input, indices = ctx.saved_tensors
-    return ops.max_pool2d_backward(grad_output_t, input, indices) if grad_output_t is not None else None
+    return ops.max_pool2d_backward(grad_output_t, input, indices, *ctx.args) if grad_output_t is not None else None
 
 
 _register(

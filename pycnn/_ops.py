@@ -60,7 +60,7 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 @torch.library.register_fake("pycnn::max_pool2d_backward")
-def _max_pool2d_backward_fake(grad_output, input, indices):
+def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
     return input.new_empty(input.shape)
 
 
@@ -111,9 +111,37 @@ def _batch_norm_backward_fake(grad_output, input, weight, save_mean, save_invstd
 
 
 # --- autocast -------------------------------------------------------------------
-# Under torch.autocast on CUDA, as for native layers: corr2d runs in float16
-# (its inputs cast, like aten::conv2d), batch_norm in float32 (its parameters
-# and running statistics are float32 and must match the input's dtype), and
-# the poolings in whatever dtype they receive.
-torch.library.register_autocast("pycnn::corr2d", "cuda", torch.float16)
-torch.library.register_autocast("pycnn::batch_norm", "cuda", torch.float32)
+# Under torch.autocast on CUDA, as for native layers: corr2d runs in the
+# region's dtype (float16 or bfloat16; its inputs cast, like aten::conv2d),
+# batch_norm in float32 (its parameters and running statistics are float32 and
+# must match the input's dtype), and the poolings in whatever dtype they
+# receive. (torch.library.register_autocast casts to one fixed dtype, which
+# would run a bfloat16 region's convolutions in float16.)
+# On the CPU there are no autocast rules yet: the CPU kernels have no bfloat16,
+# so pycnn's layers stay in float32 there.
+
+
+def _register_autocast(name, device_type, dtype=None):
+    """Casts every floating-point tensor argument on device_type to dtype (None:
+    the autocast region's own dtype), then runs the operator below autocast."""
+    op = getattr(ops, name).default
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    dispatch_key = getattr(torch._C.DispatchKey, key)
+
+    def cast(value, to):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.device.type == device_type:
+            return value.to(to)
+        return value
+
+    def autocast(*args):
+        to = dtype if dtype is not None else torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(dispatch_key)):
+            return op(*(cast(a, to) for a in args))
+
+    op.py_impl(dispatch_key)(autocast)  # for the Python dispatcher (torch.compile, torch.export)
+    _LIB.impl(name, autocast, key)
+
+
+_LIB = torch.library.Library("pycnn", "IMPL")
+_register_autocast("corr2d", "cuda")
+_register_autocast("batch_norm", "cuda", torch.float32)

@@ -106,10 +106,10 @@ def _max_pool2d_vmap(info, in_dims, input, *args):
 
 
 @torch.library.register_vmap("pycnn::max_pool2d_backward")
-def _max_pool2d_backward_vmap(info, in_dims, grad_output, input, indices):
+def _max_pool2d_backward_vmap(info, in_dims, grad_output, input, indices, *args):
     size = info.batch_size
     grad_input = ops.max_pool2d_backward(
-        *(_into_batch(t, d, size) for t, d in zip((grad_output, input, indices), in_dims))
+        *(_into_batch(t, d, size) for t, d in zip((grad_output, input, indices), in_dims)), *args
     )
     return _from_batch(grad_input, size), 0
 

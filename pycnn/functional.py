@@ -210,6 +210,9 @@ def batch_norm(
 ) -> Tensor:
     """Batch normalisation, as torch.nn.functional.batch_norm: in training mode it
     normalises with the batch statistics and updates running_mean/running_var in place."""
+    if input.dim() == 1 and input.numel() == 0:
+        # As torch.nn.functional: an empty 1-D batch has nothing to normalise.
+        return input.clone()
     if input.dim() < 2:
         raise ValueError(f"batch_norm: expected input of rank >= 2 (N, C, ...), got shape {tuple(input.shape)}")
     return _batch_norm(input, running_mean, running_var, weight, bias, bool(training), float(momentum), float(eps))

@@ -158,6 +158,19 @@ def test_batch_norm_batch_zero_training(PF, device, dtype):
     torch.testing.assert_close(rv, rv0)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_empty_1d_batch(PF, training, device, dtype):
+    # native returns an empty result for an empty 1-D input; a non-empty one is an error
+    x = torch.randn(0, dtype=dtype, device=device, requires_grad=True)
+    rm, rv = torch.zeros(0, dtype=dtype, device=device), torch.ones(0, dtype=dtype, device=device)
+    y, expected = PF.batch_norm(x, rm, rv, training=training), F.batch_norm(x, rm, rv, training=training)
+    assert y.shape == expected.shape == (0,)
+    y.sum().backward()
+    assert x.grad.shape == (0,)
+    with pytest.raises(ValueError, match=r"expected input of rank >= 2"):
+        PF.batch_norm(torch.randn(5, dtype=dtype, device=device), rm, rv, training=training)
+
+
 BN_NONCONTIG_VIEWS = {
     **NONCONTIG_VIEWS,
     "transposed_2d": (lambda t: t.t(), (4, 5)),

@@ -174,15 +174,16 @@ def test_pool_ops_reject_half_on_cpu(ops):
 def test_pool_backward_grad_output_errors(ops, device):
     x = t(2, 3, 6, 6, device=device)
     out, idx = ops.max_pool2d(x, [2, 2], [2, 2], ZERO, D1, False)
-    ops.max_pool2d_backward(torch.randn_like(out), x, idx)  # sanity: valid call
+    window = ([2, 2], [2, 2], ZERO, D1, False)
+    ops.max_pool2d_backward(torch.randn_like(out), x, idx, *window)  # sanity: valid call
     for bad in (t(2, 3, 3, 4, device=device), t(2, 3, 9, device=device), t(1, 3, 3, 3, device=device)):
-        # the expected shape is that of indices (the op has no window arguments)
-        with pytest.raises(RuntimeError, match=r"pycnn\.max_pool2d_backward: .*grad_output"):
-            ops.max_pool2d_backward(bad, x, idx)
+        # the expected shape is the pooling's output shape, (2, 3, 3, 3)
+        with pytest.raises(RuntimeError, match=r"pycnn\.max_pool2d_backward: grad_output must have shape \[2, 3, 3, 3\]"):
+            ops.max_pool2d_backward(bad, x, idx, *window)
     with pytest.raises(RuntimeError, match=r"pycnn\.max_pool2d_backward: .*indices"):
-        ops.max_pool2d_backward(torch.randn_like(out), x, idx[:, :, :2])
+        ops.max_pool2d_backward(torch.randn_like(out), x, idx[:, :, :2], *window)
     with pytest.raises(RuntimeError, match=r"grad_output has dtype Double"):
-        ops.max_pool2d_backward(torch.randn_like(out).double(), x, idx)
+        ops.max_pool2d_backward(torch.randn_like(out).double(), x, idx, *window)
 
     args = ([2, 2], [2, 2], ZERO, False, True, None)
     out = ops.avg_pool2d(x, *args)

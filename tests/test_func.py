@@ -82,9 +82,10 @@ def test_vmap_pooling_and_backward_operators(ops, batched, device):
     _check_vmap(lambda x: ops.avg_pool2d(x, [3, 2], [2, 1], [1, 1], True, False, None), [_batched(x, True, 3)], (3,))
     _check_vmap(lambda x: ops.adaptive_avg_pool2d(x, [3, 4]), [_batched(x, True, 1)], (1,))
 
-    _, indices = ops.max_pool2d(x, [3, 2], [2, 1], [1, 1], [1, 1], True)
+    window = ([3, 2], [2, 1], [1, 1], [1, 1], True)
+    _, indices = ops.max_pool2d(x, *window)
     gy = torch.randn(indices.shape, dtype=F64, device=device)
-    _check_vmap(lambda gy, x: ops.max_pool2d_backward(gy, x, indices),
+    _check_vmap(lambda gy, x: ops.max_pool2d_backward(gy, x, indices, *window),
                 [_batched(gy, batched[0]), _batched(x, batched[1])], dims)
     gy = torch.randn_like(ops.avg_pool2d(x, [3, 2], [2, 1], [1, 1], True, False, None))
     _check_vmap(lambda gy, x: ops.avg_pool2d_backward(gy, x, [3, 2], [2, 1], [1, 1], True, False, None),

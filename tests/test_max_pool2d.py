@@ -176,7 +176,7 @@ def test_max_pool2d_ops(ops, case, device, dtype):
     assert out.is_contiguous() and idx.is_contiguous()
     assert torch.equal(out, ref_out) and torch.equal(idx, ref_idx)
     go = torch.randn_like(out)
-    gi = ops.max_pool2d_backward(go, x, idx)
+    gi = ops.max_pool2d_backward(go, x, idx, k, s, p, d, kw["ceil_mode"])
     ref_gi = torch.ops.aten.max_pool2d_with_indices_backward(go, x, k, s, p, d, kw["ceil_mode"], ref_idx)
     assert gi.shape == x.shape and gi.dtype == dtype
     assert_close_scaled(gi, ref_gi, dtype, "pool")
@@ -193,10 +193,13 @@ def test_max_pool2d_ops(ops, case, device, dtype):
 )
 def test_max_pool2d_window_entirely_in_padding(PF, shape, kw, device, dtype):
     # With dilation > 1 a window can hold no input element at all (every tap
-    # falls in the padding). Native returns -inf and an index past the plane
-    # for it; pycnn's backward must route that gradient nowhere. (Native's own
-    # CPU backward writes such a gradient out of bounds, so it is not run
-    # here: the expected gradient is built from the valid indices.)
+    # falls in the padding). Native returns -inf for it and an index that is
+    # past the plane or names an element outside the window (its first row
+    # and column, unclipped); pycnn returns the same, and its backward routes
+    # that window's gradient nowhere, on every device: the output does not
+    # depend on the input. (Native's CPU backward writes it to that index, out
+    # of bounds or into the wrong element, so it is not run here: the expected
+    # gradient is built from the windows that hold elements.)
     x = distinct_values(shape, dtype, device)
     ref_out, ref_indices = F.max_pool2d(x, return_indices=True, **kw)
     assert torch.isinf(ref_out).any()  # the case is really exercised
@@ -206,7 +209,7 @@ def test_max_pool2d_window_entirely_in_padding(PF, shape, kw, device, dtype):
     grad_output = torch.randn_like(out)
     out.backward(grad_output)
     plane = shape[-1] * shape[-2]
-    valid = (indices >= 0) & (indices < plane)
+    valid = ~torch.isinf(ref_out)
     expected = torch.zeros(x.shape[:-2] + (plane,), dtype=dtype, device=device)
     expected.scatter_add_(-1, torch.where(valid, indices, 0).flatten(-2),
                           torch.where(valid, grad_output, 0).flatten(-2))
@@ -226,3 +229,23 @@ def test_max_pool2d_expanded_input(PF, device, dtype):
         PF.max_pool2d, F.max_pool2d, [base, 2, 1], dict(return_indices=True), kind="pool",
         views={0: lambda t: t.expand(2, 3, 5, 6)},
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_max_pool2d_cuda_backward_is_deterministic(PF, dtype):
+    # Stride 1 and a 3x3 window on few distinct values: up to nine windows share
+    # an argmax, where a scatter with atomics would add in a varying order.
+    x = torch.randint(0, 3, (4, 8, 32, 32), device="cuda").to(dtype).requires_grad_()
+    grad = torch.randn(4, 8, 30, 30, device="cuda", dtype=dtype)
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, = torch.autograd.grad(PF.max_pool2d(x, 3, stride=1), x, grad)
+        for _ in range(5):
+            again, = torch.autograd.grad(PF.max_pool2d(x, 3, stride=1), x, grad)
+            assert torch.equal(again, first)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    x_native = x.detach().requires_grad_()
+    native, = torch.autograd.grad(torch.nn.functional.max_pool2d(x_native, 3, stride=1), x_native, grad)
+    torch.testing.assert_close(first, native, rtol=1e-3 if dtype == torch.float16 else 1e-5, atol=1e-2)

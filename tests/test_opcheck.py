@@ -59,7 +59,7 @@ def max_pool2d_backward_cases(device):
     for name, args in max_pool2d_cases(device):
         x = args[0].detach()
         out, idx = torch.ops.pycnn.max_pool2d(x, *args[1:])
-        yield name, (torch.randn_like(out), x, idx)
+        yield name, (torch.randn_like(out), x, idx, *args[1:])
 
 
 def avg_pool2d_cases(device):

@@ -246,16 +246,21 @@ def test_compile_module_fullgraph(PN, device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
-def test_autocast_runs_corr2d_in_half_and_batch_norm_in_float():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_autocast_runs_corr2d_in_the_region_dtype_and_batch_norm_in_float(dtype):
     import pycnn.nn as PN
 
     model = torch.nn.Sequential(PN.Conv2d(3, 8, 3, padding=1), PN.BatchNorm2d(8), torch.nn.ReLU(),
                                 PN.MaxPool2d(2), PN.AdaptiveAvgPool2d(1)).cuda()
+    native = torch.nn.Conv2d(3, 8, 3, padding=1).cuda()
+    native.load_state_dict(model[0].state_dict())
     x = torch.randn(4, 3, 16, 16, device="cuda")
-    with torch.autocast("cuda", dtype=torch.float16):
+    with torch.autocast("cuda", dtype=dtype):
         conv_out = model[0](x)
         out = model(x)
-    assert conv_out.dtype == torch.float16
+        native_out = native(x)
+    assert conv_out.dtype == native_out.dtype == dtype
+    torch.testing.assert_close(conv_out.float(), native_out.float(), rtol=2e-2, atol=2e-2)
     assert out.dtype == torch.float32  # batch_norm computes in float32 and the poolings keep it
     out.float().sum().backward()
     assert model[0].weight.grad is not None and model[0].weight.grad.dtype == torch.float32

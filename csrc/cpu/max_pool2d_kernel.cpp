@@ -2,13 +2,15 @@
 //
 // The index of a maximum is its flat position h * W + w inside its (n, c)
 // plane, as torch.nn.functional.max_pool2d(return_indices=True) gives it. The
-// backward routes each gradient to that position.
+// backward routes each gradient to that position (a window entirely in the
+// padding routes it nowhere).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "pycnn/checks.h"
 
@@ -52,22 +54,37 @@ void max_pool2d_forward_kernel(
 
 template <typename scalar_t>
 void max_pool2d_backward_kernel(
-    const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input, int64_t planes, int64_t in_size,
-    int64_t out_size) {
+    const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input, int64_t planes, int64_t in_h,
+    int64_t in_w, int64_t out_h, int64_t out_w, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
+    IntArrayRef dilation) {
+  // Windows that lie entirely in the padding route their gradient nowhere
+  // (max_pool_window_empty); so does any index past the plane.
+  std::vector<char> empty_row(out_h), empty_col(out_w);
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    empty_row[oh] = max_pool_window_empty(oh, in_h, kernel[0], padding[0], stride[0], dilation[0]);
+  }
+  for (int64_t ow = 0; ow < out_w; ++ow) {
+    empty_col[ow] = max_pool_window_empty(ow, in_w, kernel[1], padding[1], stride[1], dilation[1]);
+  }
+  const int64_t in_size = in_h * in_w;
+  const int64_t out_size = out_h * out_w;
   // Windows overlap, so two outputs may route to one input element; a plane
-  // is only ever written by the task that owns it, so planes run in parallel.
+  // is only ever written by the task that owns it, so planes run in parallel,
+  // and each adds in a fixed order: deterministic.
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       scalar_t* dx = grad_input + plane * in_size;
       const scalar_t* dy = grad_output + plane * out_size;
       const int64_t* idx = indices + plane * out_size;
-      for (int64_t k = 0; k < out_size; ++k) {
-        // A window that lies entirely in the padding (possible with dilation)
-        // has the maximum -inf and an index past the plane, as in PyTorch; it
-        // routes its gradient nowhere. Any other out-of-range index is skipped
-        // too rather than written out of bounds.
-        if (idx[k] >= 0 && idx[k] < in_size) {
-          dx[idx[k]] += dy[k];
+      for (int64_t oh = 0; oh < out_h; ++oh) {
+        if (empty_row[oh]) {
+          continue;
+        }
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          const int64_t k = oh * out_w + ow;
+          if (!empty_col[ow] && idx[k] >= 0 && idx[k] < in_size) {
+            dx[idx[k]] += dy[k];
+          }
         }
       }
     }
@@ -95,9 +112,12 @@ std::tuple<Tensor, Tensor> max_pool2d_cpu(
   return {output, indices};
 }
 
-Tensor max_pool2d_backward_cpu(const Tensor& grad_output_arg, const Tensor& input, const Tensor& indices_arg) {
+Tensor max_pool2d_backward_cpu(
+    const Tensor& grad_output_arg, const Tensor& input, const Tensor& indices_arg, IntArrayRef kernel_size,
+    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "pycnn.max_pool2d_backward";
-  check_max_pool2d_backward(op, grad_output_arg, input, indices_arg);
+  const auto output_shape = max_pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode);
+  check_max_pool2d_backward(op, grad_output_arg, input, indices_arg, output_shape);
   Tensor grad_input = at::zeros(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   if (grad_output_arg.numel() == 0) {
     return grad_input;
@@ -107,8 +127,8 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output_arg, const Tensor& inpu
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_max_pool2d_backward_cpu", [&] {
     max_pool2d_backward_kernel<scalar_t>(
         grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
-        grad_input.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), input.size(2) * input.size(3),
-        grad_output.size(2) * grad_output.size(3));
+        grad_input.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), input.size(2), input.size(3),
+        output_shape[2], output_shape[3], kernel_size, stride, padding, dilation);
   });
   return grad_input;
 }

@@ -1,14 +1,14 @@
 // CUDA kernels of pycnn.max_pool2d and its backward.
 //
 // The forward has one thread per output element, scanning its window in
-// row-major order with PyTorch's rule for ties and NaN. The backward routes
-// each output gradient to the input element its index names.
+// row-major order with PyTorch's rule for ties and NaN. The backward has one
+// thread per input element, gathering the gradients of the outputs whose
+// index names it.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/NumericUtils.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/NumericLimits.cuh>
 #include <c10/cuda/CUDAException.h>
@@ -67,31 +67,41 @@ __global__ void max_pool2d_kernel(
   }
 }
 
-// Adds each output gradient to the input element named by its index. The
-// operator's schema carries no window parameters, so there is no way to find,
-// for an input element, the outputs whose windows contain it (the
-// deterministic gather the other pooling backwards use): this is a scatter,
-// and overlapping windows (stride < kernel) make several outputs hit the same
-// element, hence the atomics. They add into a buffer of the accumulation type
-// (float32 for half / bfloat16) so that low-precision atomics do not round
-// every partial sum. Float addition is commutative, so an element hit by at
-// most two outputs gets a deterministic result; three or more may differ in
-// the last bit from run to run.
+// grad_input[h][w] = the sum of grad_output[oh][ow] over the outputs whose
+// index names (h, w). A gather -- one thread per input element, which reads
+// the outputs whose window spans (h, w) (outputs_containing, as PyTorch's own
+// CUDA kernel) in a fixed order -- rather than a scatter from the outputs:
+// overlapping windows (stride < kernel) would need atomics there, which are
+// not deterministic and, for half / bfloat16, round every partial sum. A
+// window entirely in the padding (max_pool_window_empty) routes its gradient
+// nowhere, as on the CPU.
 template <typename scalar_t>
 __global__ void max_pool2d_backward_kernel(
-    const scalar_t* __restrict__ grad_output, const int64_t* __restrict__ indices,
-    at::opmath_type<scalar_t>* __restrict__ grad_input_sum, int64_t planes, int64_t out_plane, int64_t in_plane) {
+    const scalar_t* __restrict__ grad_output, const int64_t* __restrict__ indices, scalar_t* __restrict__ grad_input,
+    int64_t planes, MaxPoolGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
-  PYCNN_GRID_STRIDE_LOOP(index, planes * out_plane) {
-    const int64_t argmax = indices[index];
-    // A window entirely in the padding (possible with dilation) has the
-    // maximum -inf and an index past the plane, as in PyTorch: it routes its
-    // gradient nowhere. Any other out-of-range index is skipped as well.
-    if (argmax < 0 || argmax >= in_plane) {
-      continue;
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
+  PYCNN_GRID_STRIDE_LOOP(index, planes * in_plane) {
+    const int64_t plane = index / in_plane;
+    const int64_t position = index % in_plane;
+    const OutputRange rows = outputs_containing(position / g.in_w, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, g.out_h);
+    const OutputRange cols = outputs_containing(position % g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, g.out_w);
+    const int64_t* plane_indices = indices + plane * out_plane;
+    const scalar_t* plane_grad_output = grad_output + plane * out_plane;
+    opmath_t sum = 0;
+    for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
+      if (max_pool_window_empty(oh, g.in_h, g.kernel_h, g.pad_h, g.stride_h, g.dilation_h)) {
+        continue;
+      }
+      for (int64_t ow = cols.begin; ow < cols.end; ++ow) {
+        if (!max_pool_window_empty(ow, g.in_w, g.kernel_w, g.pad_w, g.stride_w, g.dilation_w) &&
+            plane_indices[oh * g.out_w + ow] == position) {
+          sum += static_cast<opmath_t>(plane_grad_output[oh * g.out_w + ow]);
+        }
+      }
     }
-    const int64_t plane = index / out_plane;
-    gpuAtomicAdd(grad_input_sum + plane * in_plane + argmax, static_cast<opmath_t>(grad_output[index]));
+    grad_input[index] = static_cast<scalar_t>(sum);
   }
 }
 
@@ -120,30 +130,32 @@ std::tuple<Tensor, Tensor> max_pool2d_cuda(
   return {output, indices};
 }
 
-Tensor max_pool2d_backward_cuda(const Tensor& grad_output_arg, const Tensor& input_arg, const Tensor& indices_arg) {
-  check_max_pool2d_backward("pycnn.max_pool2d_backward", grad_output_arg, input_arg, indices_arg);
-
+Tensor max_pool2d_backward_cuda(
+    const Tensor& grad_output_arg, const Tensor& input_arg, const Tensor& indices_arg, IntArrayRef kernel_size,
+    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
+  const auto output_shape = max_pool2d_output_shape(input_arg, kernel_size, stride, padding, dilation, ceil_mode);
+  check_max_pool2d_backward("pycnn.max_pool2d_backward", grad_output_arg, input_arg, indices_arg, output_shape);
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor indices = indices_arg.contiguous();
-  const at::ScalarType opmath_dtype = at::toOpMathType(input_arg.scalar_type());
-  Tensor grad_input_sum = at::zeros(input_arg.sizes(), input_arg.options().dtype(opmath_dtype));
-  if (grad_output.numel() > 0) {
-    const int64_t planes = input_arg.size(0) * input_arg.size(1);
-    const int64_t out_plane = grad_output.size(2) * grad_output.size(3);
-    const int64_t in_plane = input_arg.size(2) * input_arg.size(3);
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, input_arg.scalar_type(), "pycnn_max_pool2d_backward_cuda", [&] {
-          using opmath_t = at::opmath_type<scalar_t>;
-          max_pool2d_backward_kernel<scalar_t>
-              <<<blocks_for(grad_output.numel()), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-                  grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
-                  grad_input_sum.mutable_data_ptr<opmath_t>(), planes, out_plane, in_plane);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
+  Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
+  if (grad_input.numel() == 0) {
+    return grad_input;
   }
-  // A no-op for float32 / float64, whose accumulation type is their own.
-  return grad_input_sum.to(input_arg.scalar_type());
+  if (grad_output.numel() == 0) {
+    return grad_input.zero_();
+  }
+  const MaxPoolGeometry g{input_arg.size(2), input_arg.size(3), output_shape[2], output_shape[3],
+                          kernel_size[0],    kernel_size[1],    stride[0],       stride[1],
+                          padding[0],        padding[1],        dilation[0],     dilation[1]};
+  const int64_t planes = input_arg.size(0) * input_arg.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_arg.scalar_type(), "pycnn_max_pool2d_backward_cuda", [&] {
+    max_pool2d_backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+        grad_input.mutable_data_ptr<scalar_t>(), planes, g);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_input;
 }
 
 }  // namespace

@@ -192,23 +192,17 @@ inline void check_grad_output(const char* op, const Tensor& grad_output, const T
       grad_output.sizes() == expected, op, ": grad_output must have shape ", expected, ", got ", grad_output.sizes());
 }
 
-// max_pool2d_backward: grad_output and indices have one shape, (N, C, OH, OW)
-// with input's N and C; indices are int64.
+// max_pool2d_backward: grad_output and indices have the pooling's output shape
+// (max_pool2d_output_shape of the input and window); indices are int64.
 inline void check_max_pool2d_backward(
-    const char* op, const Tensor& grad_output, const Tensor& input, const Tensor& indices) {
-  check_rank(op, "input", input, 4, "(N, C, H, W)");
-  check_floating_dtype(op, input);
-  check_same_dtype_device(op, input, "grad_output", grad_output);
+    const char* op, const Tensor& grad_output, const Tensor& input, const Tensor& indices, IntArrayRef output_shape) {
+  check_grad_output(op, grad_output, input, output_shape);
   TORCH_CHECK(
       indices.scalar_type() == at::kLong && indices.device() == input.device(), op,
       ": indices must be int64 on the input's device, got ", indices.scalar_type(), " on ", indices.device());
   TORCH_CHECK(
-      grad_output.dim() == 4 && grad_output.size(0) == input.size(0) && grad_output.size(1) == input.size(1), op,
-      ": grad_output must have shape (N, C, OH, OW) with input's N = ", input.size(0), " and C = ", input.size(1),
-      ", got ", grad_output.sizes());
-  TORCH_CHECK(
-      indices.sizes() == grad_output.sizes(), op, ": indices must have grad_output's shape ", grad_output.sizes(),
-      ", got ", indices.sizes());
+      indices.sizes() == output_shape, op, ": indices must have grad_output's shape ", output_shape, ", got ",
+      indices.sizes());
 }
 
 // --- batch_norm -------------------------------------------------------------

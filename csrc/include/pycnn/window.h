@@ -61,6 +61,30 @@ PYCNN_HOST_DEVICE MaxWindow max_pool_window(
   return {start, end};
 }
 
+// The outputs [begin, end) along one axis whose window's span -- positions
+// o * stride - pad to o * stride - pad + (kernel - 1) * dilation -- contains
+// input position i: where a backward that gathers must look.
+struct OutputRange {
+  int64_t begin;
+  int64_t end;
+};
+PYCNN_HOST_DEVICE OutputRange outputs_containing(
+    int64_t i, int64_t pad, int64_t kernel, int64_t stride, int64_t dilation, int64_t out) {
+  const int64_t begin = floor_div(i + pad - (kernel - 1) * dilation - 1, stride) + 1;
+  const int64_t end = floor_div(i + pad, stride) + 1;
+  return {begin > 0 ? begin : 0, end < out ? end : out};
+}
+
+// Whether a max-pooling window holds no input element along one axis. With
+// dilation, every tap of a window can fall in the padding: its maximum is
+// -inf, and the index it records (as PyTorch's) need not lie in the window, so
+// the backward routes its gradient nowhere.
+PYCNN_HOST_DEVICE bool max_pool_window_empty(
+    int64_t out_index, int64_t in, int64_t kernel, int64_t pad, int64_t stride, int64_t dilation) {
+  const MaxWindow window = max_pool_window(out_index, in, kernel, pad, stride, dilation);
+  return window.start >= window.end;
+}
+
 // An average-pooling window in 2-D, clipped to the input, with the divisor
 // PyTorch uses: divisor_override if given (non-zero; 0 means not given), else the window's area
 // including padding (count_include_pad) or excluding it.
