@@ -9,6 +9,7 @@ The shape arithmetic mirrors csrc/include/pycnn/window.h and works on
 symbolic sizes (a dynamic batch dimension).
 """
 import torch
+from torch._prims_common import suggest_memory_format
 
 ops = torch.ops.pycnn
 
@@ -31,6 +32,14 @@ def _accumulation_dtype(dtype):
 
 
 # --- fake kernels -------------------------------------------------------------
+# Outputs take the memory format of the tensor they follow, as the kernels'
+# (and native's) do: channels_last in, channels_last out.
+
+
+def _like(tensor, shape, dtype=None):
+    return torch.empty(shape, dtype=dtype or tensor.dtype, device=tensor.device,
+                       memory_format=suggest_memory_format(tensor))
+
 
 
 @torch.library.register_fake("pycnn::corr2d")
@@ -38,12 +47,12 @@ def _corr2d_fake(input, weight, bias, stride, padding, dilation, groups):
     n, _, h, w = input.shape
     out_h = _corr2d_output_size(h, weight.shape[2], padding[0], stride[0], dilation[0])
     out_w = _corr2d_output_size(w, weight.shape[3], padding[1], stride[1], dilation[1])
-    return input.new_empty((n, weight.shape[0], out_h, out_w))
+    return _like(input, (n, weight.shape[0], out_h, out_w))
 
 
 @torch.library.register_fake("pycnn::corr2d_backward_input")
 def _corr2d_backward_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
-    return grad_output.new_empty(input_size)
+    return _like(grad_output, input_size)
 
 
 @torch.library.register_fake("pycnn::corr2d_backward_weight")
@@ -56,12 +65,12 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     n, c, h, w = input.shape
     out_h = _pooling_output_size(h, kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode)
     out_w = _pooling_output_size(w, kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode)
-    return input.new_empty((n, c, out_h, out_w)), input.new_empty((n, c, out_h, out_w), dtype=torch.int64)
+    return _like(input, (n, c, out_h, out_w)), _like(input, (n, c, out_h, out_w), dtype=torch.int64)
 
 
 @torch.library.register_fake("pycnn::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
-    return input.new_empty(input.shape)
+    return _like(input, input.shape)
 
 
 @torch.library.register_fake("pycnn::avg_pool2d")
@@ -69,61 +78,62 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_inclu
     n, c, h, w = input.shape
     out_h = _pooling_output_size(h, kernel_size[0], padding[0], stride[0], 1, ceil_mode)
     out_w = _pooling_output_size(w, kernel_size[1], padding[1], stride[1], 1, ceil_mode)
-    return input.new_empty((n, c, out_h, out_w))
+    return _like(input, (n, c, out_h, out_w))
 
 
 @torch.library.register_fake("pycnn::avg_pool2d_backward")
 def _avg_pool2d_backward_fake(
     grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
 ):
-    return input.new_empty(input.shape)
+    return _like(input, input.shape)
 
 
 @torch.library.register_fake("pycnn::adaptive_avg_pool2d")
 def _adaptive_avg_pool2d_fake(input, output_size):
     n, c = input.shape[:2]
-    return input.new_empty((n, c, output_size[0], output_size[1]))
+    return _like(input, (n, c, output_size[0], output_size[1]))
 
 
 @torch.library.register_fake("pycnn::adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
-    return input.new_empty(input.shape)
+    return _like(input, input.shape)
 
 
 @torch.library.register_fake("pycnn::batch_norm")
 def _batch_norm_fake(input, weight, bias, running_mean, running_var, training, momentum, eps):
     channels = input.shape[1]
     stats_dtype = _accumulation_dtype(input.dtype)
-    running_shape = (0,) if running_mean is None else (channels,)
+    # Running statistics keep their dtype (float32 beside a float16 input: mixed precision).
+    running = input.new_empty((0,)) if running_mean is None else running_mean.new_empty((channels,))
     return (
-        input.new_empty(input.shape),
+        _like(input, input.shape),
         input.new_empty((channels,), dtype=stats_dtype),
         input.new_empty((channels,), dtype=stats_dtype),
-        input.new_empty(running_shape),
-        input.new_empty(running_shape),
+        running,
+        running.new_empty(running.shape),
     )
 
 
 @torch.library.register_fake("pycnn::batch_norm_backward")
 def _batch_norm_backward_fake(grad_output, input, weight, save_mean, save_invstd, used_batch_stats):
     channels = input.shape[1]
-    return input.new_empty(input.shape), input.new_empty((channels,)), input.new_empty((channels,))
+    parameters = input if weight is None else weight  # grad_weight and grad_bias in the weight's dtype
+    return _like(input, input.shape), parameters.new_empty((channels,)), parameters.new_empty((channels,))
 
 
 # --- autocast -------------------------------------------------------------------
-# Under torch.autocast on CUDA, as for native layers: corr2d runs in the
-# region's dtype (float16 or bfloat16; its inputs cast, like aten::conv2d),
-# batch_norm in float32 (its parameters and running statistics are float32 and
-# must match the input's dtype), and the poolings in whatever dtype they
-# receive. (torch.library.register_autocast casts to one fixed dtype, which
-# would run a bfloat16 region's convolutions in float16.)
-# On the CPU there are no autocast rules yet: the CPU kernels have no bfloat16,
-# so pycnn's layers stay in float32 there.
+# Under torch.autocast, as for native layers: corr2d runs in the region's dtype
+# (float16 or bfloat16 on CUDA, bfloat16 by default on the CPU; its inputs
+# cast, like aten::conv2d). batch_norm and the poolings have no rule, as
+# native: they run in the dtype they receive, batch_norm with its float32
+# parameters and running statistics (mixed precision). (torch.library's own
+# register_autocast casts to one fixed dtype, which would run a bfloat16
+# region's convolutions in float16.)
 
 
-def _register_autocast(name, device_type, dtype=None):
-    """Casts every floating-point tensor argument on device_type to dtype (None:
-    the autocast region's own dtype), then runs the operator below autocast."""
+def _register_autocast(name, device_type):
+    """Casts every floating-point tensor argument on device_type to the autocast
+    region's dtype, then runs the operator below autocast."""
     op = getattr(ops, name).default
     key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     dispatch_key = getattr(torch._C.DispatchKey, key)
@@ -134,7 +144,7 @@ def _register_autocast(name, device_type, dtype=None):
         return value
 
     def autocast(*args):
-        to = dtype if dtype is not None else torch.get_autocast_dtype(device_type)
+        to = torch.get_autocast_dtype(device_type)
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(dispatch_key)):
             return op(*(cast(a, to) for a in args))
 
@@ -144,4 +154,4 @@ def _register_autocast(name, device_type, dtype=None):
 
 _LIB = torch.library.Library("pycnn", "IMPL")
 _register_autocast("corr2d", "cuda")
-_register_autocast("batch_norm", "cuda", torch.float32)
+_register_autocast("corr2d", "cpu")

@@ -5,8 +5,10 @@
 For each operator it runs a few layer shapes of the classic models forward
 and backward through pycnn and through torch.nn.functional on the same
 inputs, and prints the largest relative difference of the output and of
-every gradient. Exits 1 if any exceeds the tolerance of its dtype. The full
-verification is the test suite (python -m pytest tests).
+every gradient; in float64 also of the second derivatives (the gradient of a
+squared-gradient penalty) and of the forward-mode tangent (torch.func.jvp).
+Exits 1 if any exceeds the tolerance of its dtype. The full verification is
+the test suite (python -m pytest tests).
 """
 import argparse
 import sys
@@ -18,6 +20,8 @@ import pycnn
 import pycnn.functional as P
 
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+# Second derivatives and tangents, float64: products of several rounded sums.
+TOLERANCE_HIGHER_ORDER = 1e-9
 
 # (name, make inputs (device, dtype) -> list of tensors, pycnn function, native function)
 CASES = [
@@ -61,6 +65,21 @@ def check_case(make, ours, native, device, dtype):
     return max(diffs)
 
 
+def check_higher_order(make, ours, native, device):
+    """Largest relative difference of the double backward and of the jvp (float64)."""
+    torch.manual_seed(0)
+    inputs = make(device, torch.float64)
+    tangents = [torch.randn_like(t) for t in inputs]
+    results = []
+    for fn in (ours, native):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        first = torch.autograd.grad((fn(*leaves) ** 2).sum(), leaves, create_graph=True)
+        second = torch.autograd.grad(sum((g**2).sum() for g in first), leaves)
+        _, tangent = torch.func.jvp(fn, tuple(inputs), tuple(tangents))
+        results.append([*second, tangent])
+    return max(relative_difference(a, b) for a, b in zip(*results))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pycnn.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
@@ -74,13 +93,16 @@ def main(argv=None):
     print(f"{'operator':34} {'device':6} {'dtype':9} {'max rel. diff':>13}  result")
     failures = 0
     for device in devices:
-        dtypes = [torch.float32, torch.float64] + ([torch.float16, torch.bfloat16] if device == "cuda" else [])
         for name, make, ours, native in CASES:
-            for dtype in dtypes:
+            for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                 diff = check_case(make, ours, native, device, dtype)
                 ok = diff <= TOLERANCE[dtype]
                 failures += not ok
                 print(f"{name:34} {device:6} {str(dtype)[6:]:9} {diff:13.2e}  {'ok' if ok else 'MISMATCH'}")
+            diff = check_higher_order(make, ours, native, device)
+            ok = diff <= TOLERANCE_HIGHER_ORDER
+            failures += not ok
+            print(f"{'  2nd order + jvp':34} {device:6} {'float64':9} {diff:13.2e}  {'ok' if ok else 'MISMATCH'}")
     if not torch.cuda.is_available():
         print("(no GPU here: the CUDA kernels were not run)")
     print("all operators agree with PyTorch" if failures == 0 else f"{failures} mismatches")

@@ -352,3 +352,25 @@ def test_functional_eval_without_running_stats_raises_like_native(PF, device):
         F.batch_norm(x, None, None, training=False)
     with pytest.raises(RuntimeError, match="running_mean must be defined in evaluation mode"):
         PF.batch_norm(x, None, None, training=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_mixed_precision(PF, dtype, training, device):
+    """A float16 / bfloat16 input with float32 parameters and running statistics
+    (what mixed-precision training keeps), against native: output in the
+    input's dtype, statistics and parameter gradients in float32."""
+    results = []
+    for fn in (PF.batch_norm, F.batch_norm):
+        torch.manual_seed(0)
+        x = torch.randn(4, 3, 5, 5, device=device).to(dtype).requires_grad_()
+        w = torch.randn(3, device=device, requires_grad=True)
+        b = torch.randn(3, device=device, requires_grad=True)
+        rm, rv = torch.randn(3, device=device), torch.rand(3, device=device) + 0.5
+        y = fn(x, rm, rv, w, b, training=training)
+        y.backward(torch.linspace(-1, 1, y.numel(), device=device).view(y.shape).to(dtype))
+        results.append((y, rm, rv, x.grad, w.grad, b.grad))
+    for name, ours, native in zip(["output", "running_mean", "running_var", "grad_input", "grad_weight", "grad_bias"],
+                                  *results):
+        assert ours.dtype == native.dtype, name
+        assert_close_scaled(ours, native, dtype, "norm", msg=name)

@@ -43,3 +43,10 @@ def test_ops_table_and_geometric_means():
     assert code == 0, err
     assert len(rows(out, "pooling")) >= 5
     assert re.search(r"\| pooling \| [0-9.]+ \|", out)  # the geometric-mean summary row
+
+
+def test_ops_table_in_channels_last():
+    code, out, err = bench("ops", "--only", "batch_norm", "--batch", "2", "--repeats", "1", "--channels-last")
+    assert code == 0, err
+    assert "channels_last" in out.splitlines()[0]
+    assert len(rows(out, "batch_norm")) >= 5

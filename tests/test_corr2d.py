@@ -164,12 +164,13 @@ def test_conv2d_no_grad_output_has_no_grad_fn(PF, device):
     assert y.grad_fn is None and not y.requires_grad
 
 
-def test_conv2d_outputs_contiguous_op(ops, device):
+def test_conv2d_output_follows_the_input_memory_format_op(ops, device):
+    # as native: channels_last in, channels_last out (test_memory_format.py covers every operator)
     x = torch.randn(2, 3, 7, 6, device=device).contiguous(memory_format=torch.channels_last)
     wt = torch.randn(4, 3, 3, 3, device=device)
-    y = ops.corr2d(x, wt, None, [1, 1], [1, 1], [1, 1], 1)
-    assert y.is_contiguous()
-    torch.testing.assert_close(y, F.conv2d(x, wt, padding=1), rtol=1e-4, atol=1e-4)
+    y, native = ops.corr2d(x, wt, None, [1, 1], [1, 1], [1, 1], 1), F.conv2d(x, wt, padding=1)
+    assert y.is_contiguous(memory_format=torch.channels_last) and native.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, native, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

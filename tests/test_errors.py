@@ -75,12 +75,12 @@ def test_corr2d_op_errors(ops, case, device):
         ops.corr2d(*make(device))
 
 
-def test_corr2d_op_rejects_half_on_cpu(ops):
-    x, w = t(1, 3, 5, 5, dtype=torch.float16), t(2, 3, 3, 3, dtype=torch.float16)
-    with pytest.raises(RuntimeError, match=r"pycnn\.corr2d: on CPU input must be float32 or float64, got Half"):
-        ops.corr2d(x, w, None, ONE, ZERO, ONE, 1)
-    x, w = x.bfloat16(), w.bfloat16()
-    with pytest.raises(RuntimeError, match=r"on CPU input must be float32 or float64, got BFloat16"):
+INTEGER_INPUT = r"input must be float32, float64, float16 or bfloat16, got Int"
+
+
+def test_corr2d_op_rejects_integer_input(ops, device):
+    x, w = torch.ones(1, 3, 5, 5, dtype=torch.int32, device=device), torch.ones(2, 3, 3, 3, dtype=torch.int32, device=device)
+    with pytest.raises(RuntimeError, match=r"pycnn\.corr2d: " + INTEGER_INPUT):
         ops.corr2d(x, w, None, ONE, ZERO, ONE, 1)
 
 
@@ -161,14 +161,14 @@ def test_avg_pool2d_op_errors(ops, case, device):
         ops.avg_pool2d(t(*shape, device=device), *args)
 
 
-def test_pool_ops_reject_half_on_cpu(ops):
-    x = t(1, 2, 5, 5, dtype=torch.float16)
-    with pytest.raises(RuntimeError, match=r"pycnn\.max_pool2d: on CPU input must be float32 or float64, got Half"):
+def test_pool_ops_reject_integer_input(ops, device):
+    x = torch.ones(1, 2, 5, 5, dtype=torch.int32, device=device)
+    with pytest.raises(RuntimeError, match=r"pycnn\.max_pool2d: " + INTEGER_INPUT):
         ops.max_pool2d(x, K3, S1, P1, D1, False)
-    with pytest.raises(RuntimeError, match=r"pycnn\.avg_pool2d: on CPU input must be float32 or float64, got Half"):
+    with pytest.raises(RuntimeError, match=r"pycnn\.avg_pool2d: " + INTEGER_INPUT):
         ops.avg_pool2d(x, K3, S1, P1, False, True, None)
-    with pytest.raises(RuntimeError, match=r"pycnn\.adaptive_avg_pool2d: on CPU input must be float32 or float64"):
-        ops.adaptive_avg_pool2d(x.bfloat16(), [2, 2])
+    with pytest.raises(RuntimeError, match=r"pycnn\.adaptive_avg_pool2d: " + INTEGER_INPUT):
+        ops.adaptive_avg_pool2d(x, [2, 2])
 
 
 def test_pool_backward_grad_output_errors(ops, device):
@@ -262,10 +262,22 @@ def test_batch_norm_op_errors(ops, case, device):
         ops.batch_norm(*args)
 
 
-def test_batch_norm_op_rejects_half_on_cpu(ops):
-    args = _bn("cpu", dtype=torch.float16)
-    with pytest.raises(RuntimeError, match=r"pycnn\.batch_norm: on CPU input must be float32 or float64, got Half"):
+def test_batch_norm_op_rejects_integer_input(ops, device):
+    args = _bn(device, input=torch.ones(3, 4, 5, 5, dtype=torch.int32, device=device))
+    with pytest.raises(RuntimeError, match=r"pycnn\.batch_norm: " + INTEGER_INPUT):
         ops.batch_norm(*args)
+
+
+def test_batch_norm_mixed_precision_rules(ops, device):
+    # float32 parameters beside a float16 / bfloat16 input are accepted (as native); any other mix is not
+    half = dict(device=device, dtype=torch.float16)
+    ops.batch_norm(*_bn(device, input=t(3, 4, 5, 5, **half)))  # all float32 parameters: mixed precision
+    ops.batch_norm(*_bn(device, dtype=torch.float16))  # all float16
+    with pytest.raises(RuntimeError, match=r"pycnn\.batch_norm: bias has dtype Half but weight has dtype Float; "
+                                           r"expected weight, bias, running_mean and running_var in one dtype"):
+        ops.batch_norm(*_bn(device, input=t(3, 4, 5, 5, **half), bias=t(4, **half)))
+    with pytest.raises(RuntimeError, match=r"pycnn\.batch_norm: weight has dtype Float but input has dtype Double"):
+        ops.batch_norm(*_bn(device, input=t(3, 4, 5, 5, device=device, dtype=torch.float64)))
 
 
 def test_batch_norm_backward_grad_output_errors(ops, device):
@@ -307,8 +319,8 @@ CONV_FUNCTIONAL_ERRORS = {
     "bias_dtype": (dict(bias=t(4, dtype=torch.float64)), "bias"),
     "bias_shape": (dict(bias=t(5)), "bias"),
     "output_below_1": (dict(weight=t(4, 3, 7, 7)), "output size"),
-    "half_on_cpu": (dict(input=t(2, 3, 6, 6, dtype=torch.float16), weight=t(4, 3, 3, 3, dtype=torch.float16)),
-                    "float32 or float64"),
+    "integer_input": (dict(input=torch.ones(2, 3, 6, 6, dtype=torch.int32), weight=torch.ones(4, 3, 3, 3, dtype=torch.int32)),
+                      "float16 or bfloat16"),
 }
 
 
@@ -337,7 +349,7 @@ POOL_FUNCTIONAL_ERRORS = {
     "output_below_1": (dict(kernel_size=7), "output size"),
     "input_rank_2": (dict(kernel_size=2, input=t(6, 6)), "input"),
     "input_rank_5": (dict(kernel_size=2, input=t(1, 1, 3, 6, 6)), "input"),
-    "half_on_cpu": (dict(kernel_size=2, input=t(1, 3, 6, 6, dtype=torch.float16)), "float32 or float64"),
+    "integer_input": (dict(kernel_size=2, input=torch.ones(1, 3, 6, 6, dtype=torch.int32)), "float16 or bfloat16"),
 }
 
 
@@ -368,9 +380,8 @@ def test_adaptive_avg_pool2d_functional_errors(PF, device):
         PF.adaptive_avg_pool2d(t(1, 1, 2, 6, 6, device=device), 2)
     with pytest.raises(ARG_ERRORS, match="output_size"):
         PF.adaptive_avg_pool2d(t(1, 2, 6, 6, device=device), (1, 2, 3))
-    if device == "cpu":
-        with pytest.raises(ARG_ERRORS, match="float32 or float64"):
-            PF.adaptive_avg_pool2d(t(1, 2, 6, 6, dtype=torch.float16), 2)
+    with pytest.raises(ARG_ERRORS, match="float16 or bfloat16"):
+        PF.adaptive_avg_pool2d(torch.ones(1, 2, 6, 6, dtype=torch.int32, device=device), 2)
 
 
 BN_FUNCTIONAL_ERRORS = {
@@ -381,8 +392,8 @@ BN_FUNCTIONAL_ERRORS = {
     "running_mean_dtype": (dict(running_mean=torch.zeros(4, dtype=torch.float64)), "running_mean"),
     "weight_dtype": (dict(weight=t(4, dtype=torch.float64)), "weight"),
     "input_rank_5": (dict(input=t(2, 4, 3, 3, 3)), "input"),
-    "half_on_cpu": (dict(input=t(3, 4, 5, dtype=torch.float16), running_mean=None, running_var=None),
-                    "float32 or float64"),
+    "integer_input": (dict(input=torch.ones(3, 4, 5, dtype=torch.int32), running_mean=None, running_var=None),
+                      "float16 or bfloat16"),
 }
 
 

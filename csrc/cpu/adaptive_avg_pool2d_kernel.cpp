@@ -7,6 +7,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "pycnn/checks.h"
 
 namespace pycnn {
@@ -67,19 +70,94 @@ void adaptive_avg_pool2d_backward_kernel(
   });
 }
 
+// The same on channels_last (N, H, W, C) data, channels innermost.
+template <typename scalar_t>
+void adaptive_avg_pool2d_forward_kernel_channels_last(
+    const scalar_t* input, scalar_t* output, int64_t batch, int64_t channels, int64_t in_h, int64_t in_w,
+    int64_t out_h, int64_t out_w) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sum(channels);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / out_h;
+      const int64_t oh = task % out_h;
+      const int64_t h0 = adaptive_start(oh, in_h, out_h);
+      const int64_t h1 = adaptive_end(oh, in_h, out_h);
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const int64_t w0 = adaptive_start(ow, in_w, out_w);
+        const int64_t w1 = adaptive_end(ow, in_w, out_w);
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            const scalar_t* x = input + ((n * in_h + h) * in_w + w) * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              sum[c] += x[c];
+            }
+          }
+        }
+        const acc_t area = static_cast<acc_t>((h1 - h0) * (w1 - w0));
+        scalar_t* out = output + (task * out_w + ow) * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          out[c] = static_cast<scalar_t>(sum[c] / area);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void adaptive_avg_pool2d_backward_kernel_channels_last(
+    const scalar_t* grad_output, scalar_t* grad_input, int64_t batch, int64_t channels, int64_t in_h, int64_t in_w,
+    int64_t out_h, int64_t out_w) {
+  // Cells may overlap; each sample is written by one task only.
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t oh = 0; oh < out_h; ++oh) {
+        const int64_t h0 = adaptive_start(oh, in_h, out_h);
+        const int64_t h1 = adaptive_end(oh, in_h, out_h);
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          const int64_t w0 = adaptive_start(ow, in_w, out_w);
+          const int64_t w1 = adaptive_end(ow, in_w, out_w);
+          const scalar_t area = static_cast<scalar_t>((h1 - h0) * (w1 - w0));
+          const scalar_t* dy = grad_output + ((n * out_h + oh) * out_w + ow) * channels;
+          for (int64_t h = h0; h < h1; ++h) {
+            for (int64_t w = w0; w < w1; ++w) {
+              scalar_t* dx = grad_input + ((n * in_h + h) * in_w + w) * channels;
+              for (int64_t c = 0; c < channels; ++c) {
+                dx[c] += dy[c] / area;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 Tensor adaptive_avg_pool2d_cpu(const Tensor& input_arg, IntArrayRef output_size) {
   const auto output_shape = adaptive_avg_pool2d_output_shape(input_arg, output_size);
-  Tensor output = at::empty(output_shape, input_arg.options());
+  if (is_reduced_precision(input_arg)) {  // in float32 (precision.h)
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return adaptive_avg_pool2d_cpu(upcast(input_arg), output_size).to(input_arg.scalar_type());
+  }
+  const auto format = input_arg.suggest_memory_format();  // the output takes it, as native
+  Tensor output = at::empty(output_shape, input_arg.options().memory_format(format));
   if (output.numel() == 0) {
     return output;
   }
-  const Tensor input = input_arg.contiguous();
+  const Tensor input = input_arg.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_adaptive_avg_pool2d_cpu", [&] {
-    adaptive_avg_pool2d_forward_kernel<scalar_t>(
-        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1),
-        input.size(2), input.size(3), output_size[0], output_size[1]);
+    if (format == at::MemoryFormat::ChannelsLast) {
+      adaptive_avg_pool2d_forward_kernel_channels_last<scalar_t>(
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1),
+          input.size(2), input.size(3), output_size[0], output_size[1]);
+    } else {
+      adaptive_avg_pool2d_forward_kernel<scalar_t>(
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1),
+          input.size(2), input.size(3), output_size[0], output_size[1]);
+    }
   });
   return output;
 }
@@ -90,15 +168,26 @@ Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output_arg, const Ten
   const auto output_shape =
       adaptive_avg_pool2d_output_shape(input, {grad_output_arg.size(2), grad_output_arg.size(3)});
   check_grad_output(op, grad_output_arg, input, output_shape);
-  Tensor grad_input = at::zeros(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (is_reduced_precision(input)) {  // in float32 (precision.h)
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return adaptive_avg_pool2d_backward_cpu(upcast(grad_output_arg), upcast(input)).to(input.scalar_type());
+  }
+  const auto format = input.suggest_memory_format();  // grad_input takes the input's, as native
+  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(format)).zero_();
   if (grad_output_arg.numel() == 0) {
     return grad_input;
   }
-  const Tensor grad_output = grad_output_arg.contiguous();
+  const Tensor grad_output = grad_output_arg.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_adaptive_avg_pool2d_backward_cpu", [&] {
-    adaptive_avg_pool2d_backward_kernel<scalar_t>(
-        grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
-        input.size(0) * input.size(1), input.size(2), input.size(3), grad_output.size(2), grad_output.size(3));
+    if (format == at::MemoryFormat::ChannelsLast) {
+      adaptive_avg_pool2d_backward_kernel_channels_last<scalar_t>(
+          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0),
+          input.size(1), input.size(2), input.size(3), grad_output.size(2), grad_output.size(3));
+    } else {
+      adaptive_avg_pool2d_backward_kernel<scalar_t>(
+          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+          input.size(0) * input.size(1), input.size(2), input.size(3), grad_output.size(2), grad_output.size(3));
+    }
   });
   return grad_input;
 }

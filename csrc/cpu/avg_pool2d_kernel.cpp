@@ -6,6 +6,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "pycnn/checks.h"
 
 namespace pycnn {
@@ -70,6 +73,63 @@ void avg_pool2d_backward_kernel(const scalar_t* grad_output, scalar_t* grad_inpu
   });
 }
 
+// The same on channels_last (N, H, W, C) data, channels innermost: each
+// window position adds one contiguous run of C values.
+template <typename scalar_t>
+void avg_pool2d_forward_kernel_channels_last(
+    const scalar_t* input, scalar_t* output, int64_t batch, int64_t channels, const AvgPoolArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, batch * a.out_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sum(channels);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / a.out_h;
+      const int64_t oh = task % a.out_h;
+      for (int64_t ow = 0; ow < a.out_w; ++ow) {
+        const AvgWindow win = a.window(oh, ow);
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        for (int64_t h = win.h0; h < win.h1; ++h) {
+          for (int64_t w = win.w0; w < win.w1; ++w) {
+            const scalar_t* x = input + ((n * a.in_h + h) * a.in_w + w) * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              sum[c] += x[c];
+            }
+          }
+        }
+        const bool empty = win.h0 >= win.h1 || win.w0 >= win.w1;
+        scalar_t* out = output + (task * a.out_w + ow) * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          out[c] = empty ? scalar_t(0) : static_cast<scalar_t>(sum[c] / win.divisor);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void avg_pool2d_backward_kernel_channels_last(
+    const scalar_t* grad_output, scalar_t* grad_input, int64_t batch, int64_t channels, const AvgPoolArgs& a) {
+  // Windows overlap; each sample is written by one task only.
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t oh = 0; oh < a.out_h; ++oh) {
+        for (int64_t ow = 0; ow < a.out_w; ++ow) {
+          const AvgWindow win = a.window(oh, ow);
+          const scalar_t* dy = grad_output + ((n * a.out_h + oh) * a.out_w + ow) * channels;
+          const scalar_t divisor = static_cast<scalar_t>(win.divisor);
+          for (int64_t h = win.h0; h < win.h1; ++h) {
+            for (int64_t w = win.w0; w < win.w1; ++w) {
+              scalar_t* dx = grad_input + ((n * a.in_h + h) * a.in_w + w) * channels;
+              for (int64_t c = 0; c < channels; ++c) {
+                dx[c] += dy[c] / divisor;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 Tensor avg_pool2d_cpu(
@@ -77,16 +137,27 @@ Tensor avg_pool2d_cpu(
     bool count_include_pad, std::optional<int64_t> divisor_override) {
   const auto output_shape =
       avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
-  Tensor output = at::empty(output_shape, input_arg.options());
+  if (is_reduced_precision(input_arg)) {  // in float32 (precision.h)
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return avg_pool2d_cpu(upcast(input_arg), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        .to(input_arg.scalar_type());
+  }
+  const auto format = input_arg.suggest_memory_format();  // the output takes it, as native
+  Tensor output = at::empty(output_shape, input_arg.options().memory_format(format));
   if (output.numel() == 0) {
     return output;
   }
-  const Tensor input = input_arg.contiguous();
+  const Tensor input = input_arg.contiguous(format);
   const AvgPoolArgs args{input.size(2), input.size(3), output.size(2), output.size(3), kernel_size, stride,
                          padding, count_include_pad, divisor_override.value_or(0)};
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_avg_pool2d_cpu", [&] {
-    avg_pool2d_forward_kernel<scalar_t>(
-        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), args);
+    if (format == at::MemoryFormat::ChannelsLast) {
+      avg_pool2d_forward_kernel_channels_last<scalar_t>(
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1), args);
+    } else {
+      avg_pool2d_forward_kernel<scalar_t>(
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), args);
+    }
   });
   return output;
 }
@@ -96,17 +167,31 @@ Tensor avg_pool2d_backward_cpu(
     IntArrayRef padding, bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
   const auto output_shape = avg_pool2d_output_shape(input, kernel_size, stride, padding, ceil_mode, divisor_override);
   check_grad_output("pycnn.avg_pool2d_backward", grad_output_arg, input, output_shape);
-  Tensor grad_input = at::zeros(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (is_reduced_precision(input)) {  // in float32 (precision.h)
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return avg_pool2d_backward_cpu(
+               upcast(grad_output_arg), upcast(input), kernel_size, stride, padding, ceil_mode, count_include_pad,
+               divisor_override)
+        .to(input.scalar_type());
+  }
+  const auto format = input.suggest_memory_format();  // grad_input takes the input's, as native
+  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(format)).zero_();
   if (grad_output_arg.numel() == 0) {
     return grad_input;
   }
-  const Tensor grad_output = grad_output_arg.contiguous();
+  const Tensor grad_output = grad_output_arg.contiguous(format);
   const AvgPoolArgs args{input.size(2), input.size(3), grad_output.size(2), grad_output.size(3), kernel_size,
                          stride, padding, count_include_pad, divisor_override.value_or(0)};
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_avg_pool2d_backward_cpu", [&] {
-    avg_pool2d_backward_kernel<scalar_t>(
-        grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
-        input.size(0) * input.size(1), args);
+    if (format == at::MemoryFormat::ChannelsLast) {
+      avg_pool2d_backward_kernel_channels_last<scalar_t>(
+          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0),
+          input.size(1), args);
+    } else {
+      avg_pool2d_backward_kernel<scalar_t>(
+          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+          input.size(0) * input.size(1), args);
+    }
   });
   return grad_input;
 }

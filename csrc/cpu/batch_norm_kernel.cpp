@@ -1,4 +1,5 @@
-// batch_norm on the CPU, over an (N, C, S) view of the input (S = L, H*W or 1).
+// batch_norm on the CPU, over an (N, C, S) view of the input (S = L, H*W or 1),
+// or over the (N*H*W, C) matrix of a channels_last one.
 //
 // Channels are independent, so they run in parallel; each channel makes one
 // pass for its statistics and one to normalise. The statistics are sums of
@@ -10,7 +11,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "pycnn/checks.h"
 
@@ -32,6 +35,75 @@ BatchNormShape batch_norm_shape(const Tensor& input) {
   return {batch, channels, inner};
 }
 
+// --- per-channel arithmetic, shared by both layouts ---------------------------
+
+// Sums of (x - shift) and (x - shift)² over one channel.
+struct ShiftedSums {
+  double shift = 0, sum = 0, sum_sq = 0;
+};
+
+// One channel's statistics (from its sums, or the running statistics), the
+// running-statistics update, the saved mean and invstd, and the affine map
+// y = x * scale + offset that normalises it.
+template <typename scalar_t>
+struct ChannelAffine {
+  scalar_t scale, offset;
+};
+
+template <typename scalar_t>
+ChannelAffine<scalar_t> channel_statistics(
+    int64_t c, const ShiftedSums& sums, int64_t count, const scalar_t* weight, const scalar_t* bias,
+    scalar_t* running_mean, scalar_t* running_var, scalar_t* save_mean, scalar_t* save_invstd, bool use_batch_stats,
+    double momentum, double eps) {
+  double mean, var;
+  if (use_batch_stats) {
+    const double n = static_cast<double>(count);
+    mean = sums.shift + sums.sum / n;
+    var = std::max((sums.sum_sq - sums.sum * sums.sum / n) / n, 0.0);
+    if (running_mean != nullptr) {
+      // PyTorch's update: the running variance takes the unbiased estimate.
+      const double unbiased = count > 1 ? var * n / (n - 1) : var;
+      running_mean[c] = static_cast<scalar_t>((1 - momentum) * running_mean[c] + momentum * mean);
+      running_var[c] = static_cast<scalar_t>((1 - momentum) * running_var[c] + momentum * unbiased);
+    }
+  } else {
+    mean = running_mean[c];
+    var = running_var[c];
+  }
+  const double invstd = 1.0 / std::sqrt(var + eps);
+  save_mean[c] = static_cast<scalar_t>(mean);
+  save_invstd[c] = static_cast<scalar_t>(invstd);
+  const double gamma = weight != nullptr ? static_cast<double>(weight[c]) : 1.0;
+  const double beta = bias != nullptr ? static_cast<double>(bias[c]) : 0.0;
+  return {static_cast<scalar_t>(gamma * invstd), static_cast<scalar_t>(beta - mean * gamma * invstd)};
+}
+
+// dx = (dy - dy_mean - (x - mean) * x_scale) * dy_scale, from one channel's
+// Σ dy and Σ dy·(x - mean); also writes its grad_weight and grad_bias. With
+// batch statistics the mean and variance depend on x too:
+// dx = (dy - mean(dy) - (x - mean) * invstd² * mean(dy·(x - mean))) * invstd * gamma.
+template <typename scalar_t>
+struct ChannelGradient {
+  scalar_t mean, dy_mean, x_scale, dy_scale;
+};
+
+template <typename scalar_t>
+ChannelGradient<scalar_t> channel_gradient(
+    int64_t c, double sum_dy, double dot, int64_t count, const scalar_t* weight, const scalar_t* save_mean,
+    const scalar_t* save_invstd, scalar_t* grad_weight, scalar_t* grad_bias, bool used_batch_stats) {
+  const double invstd = save_invstd[c];
+  grad_bias[c] = static_cast<scalar_t>(sum_dy);
+  grad_weight[c] = static_cast<scalar_t>(dot * invstd);
+  const double gamma = weight != nullptr ? static_cast<double>(weight[c]) : 1.0;
+  const double n = static_cast<double>(count);
+  return {save_mean[c], used_batch_stats ? static_cast<scalar_t>(sum_dy / n) : scalar_t(0),
+          used_batch_stats ? static_cast<scalar_t>(dot * invstd * invstd / n) : scalar_t(0),
+          static_cast<scalar_t>(invstd * gamma)};
+}
+
+// --- (N, C, S) layout: channels in parallel, each a pass for its statistics
+// and one to normalise --------------------------------------------------------
+
 template <typename scalar_t>
 void batch_norm_forward_kernel(
     const scalar_t* x, scalar_t* y, const scalar_t* weight, const scalar_t* bias, scalar_t* running_mean,
@@ -41,46 +113,31 @@ void batch_norm_forward_kernel(
   const int64_t sample_stride = s.channels * s.inner;
   at::parallel_for(0, s.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      double mean, var;
+      ShiftedSums sums;
       if (use_batch_stats) {
-        const double shift = x[c * channel_stride];
+        sums.shift = x[c * channel_stride];
         double sum = 0, sum_sq = 0;
         for (int64_t n = 0; n < s.batch; ++n) {
           const scalar_t* row = x + n * sample_stride + c * channel_stride;
 #pragma omp simd reduction(+ : sum, sum_sq)
           for (int64_t i = 0; i < s.inner; ++i) {
-            const double d = static_cast<double>(row[i]) - shift;
+            const double d = static_cast<double>(row[i]) - sums.shift;
             sum += d;
             sum_sq += d * d;
           }
         }
-        const double count = static_cast<double>(s.count());
-        mean = shift + sum / count;
-        var = std::max((sum_sq - sum * sum / count) / count, 0.0);
-        if (running_mean != nullptr) {
-          // PyTorch's update: the running variance takes the unbiased estimate.
-          const double unbiased = s.count() > 1 ? var * count / (count - 1) : var;
-          running_mean[c] = static_cast<scalar_t>((1 - momentum) * running_mean[c] + momentum * mean);
-          running_var[c] = static_cast<scalar_t>((1 - momentum) * running_var[c] + momentum * unbiased);
-        }
-      } else {
-        mean = running_mean[c];
-        var = running_var[c];
+        sums.sum = sum;
+        sums.sum_sq = sum_sq;
       }
-      const double invstd = 1.0 / std::sqrt(var + eps);
-      save_mean[c] = static_cast<scalar_t>(mean);
-      save_invstd[c] = static_cast<scalar_t>(invstd);
-      // y = x * scale + offset folds the normalisation and the affine map.
-      const double gamma = weight != nullptr ? static_cast<double>(weight[c]) : 1.0;
-      const double beta = bias != nullptr ? static_cast<double>(bias[c]) : 0.0;
-      const scalar_t scale = static_cast<scalar_t>(gamma * invstd);
-      const scalar_t offset = static_cast<scalar_t>(beta - mean * gamma * invstd);
+      const auto affine = channel_statistics(
+          c, sums, s.count(), weight, bias, running_mean, running_var, save_mean, save_invstd, use_batch_stats,
+          momentum, eps);
       for (int64_t n = 0; n < s.batch; ++n) {
         const scalar_t* in = x + n * sample_stride + c * channel_stride;
         scalar_t* out = y + n * sample_stride + c * channel_stride;
 #pragma omp simd
         for (int64_t i = 0; i < s.inner; ++i) {
-          out[i] = in[i] * scale + offset;
+          out[i] = in[i] * affine.scale + affine.offset;
         }
       }
     }
@@ -97,7 +154,6 @@ void batch_norm_backward_kernel(
   at::parallel_for(0, s.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const scalar_t mean = save_mean[c];
-      const double invstd = save_invstd[c];
       double sum_dy = 0, dot = 0;  // Σ dy and Σ dy·(x - mean)
       for (int64_t n = 0; n < s.batch; ++n) {
         const scalar_t* g = dy + n * sample_stride + c * channel_stride;
@@ -108,23 +164,107 @@ void batch_norm_backward_kernel(
           dot += static_cast<double>(g[i]) * static_cast<double>(in[i] - mean);
         }
       }
-      grad_bias[c] = static_cast<scalar_t>(sum_dy);
-      grad_weight[c] = static_cast<scalar_t>(dot * invstd);
-      const double gamma = weight != nullptr ? static_cast<double>(weight[c]) : 1.0;
-      // With batch statistics, the mean and variance depend on x too:
-      // dx = (dy - mean(dy) - (x - mean) * invstd² * mean(dy·(x - mean))) * invstd * gamma.
-      const double count = static_cast<double>(s.count());
-      const scalar_t dy_scale = static_cast<scalar_t>(invstd * gamma);
-      const scalar_t dy_mean = used_batch_stats ? static_cast<scalar_t>(sum_dy / count) : scalar_t(0);
-      const scalar_t x_scale = used_batch_stats ? static_cast<scalar_t>(dot * invstd * invstd / count) : scalar_t(0);
+      const auto k = channel_gradient(
+          c, sum_dy, dot, s.count(), weight, save_mean, save_invstd, grad_weight, grad_bias, used_batch_stats);
       for (int64_t n = 0; n < s.batch; ++n) {
         const scalar_t* g = dy + n * sample_stride + c * channel_stride;
         const scalar_t* in = x + n * sample_stride + c * channel_stride;
         scalar_t* out = dx + n * sample_stride + c * channel_stride;
 #pragma omp simd
         for (int64_t i = 0; i < s.inner; ++i) {
-          out[i] = (g[i] - dy_mean - (in[i] - mean) * x_scale) * dy_scale;
+          out[i] = (g[i] - k.dy_mean - (in[i] - k.mean) * k.x_scale) * k.dy_scale;
         }
+      }
+    }
+  });
+}
+
+// --- channels_last (N, H, W, C): an (M, C) matrix, channels innermost -------
+// The sums run over blocks of channels in parallel, each task reading the
+// block's contiguous run in every row, in row order (deterministic whatever
+// the number of threads); the elementwise pass runs over rows in parallel.
+
+constexpr int64_t kChannelBlock = 16;
+
+template <typename scalar_t>
+void batch_norm_forward_kernel_channels_last(
+    const scalar_t* x, scalar_t* y, const scalar_t* weight, const scalar_t* bias, scalar_t* running_mean,
+    scalar_t* running_var, scalar_t* save_mean, scalar_t* save_invstd, const BatchNormShape& s,
+    bool use_batch_stats, double momentum, double eps) {
+  const int64_t rows = s.count();
+  const int64_t channels = s.channels;
+  std::vector<ChannelAffine<scalar_t>> affine(channels);
+  at::parallel_for(0, (channels + kChannelBlock - 1) / kChannelBlock, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t c0 = block * kChannelBlock;
+      const int64_t width = std::min(kChannelBlock, channels - c0);
+      ShiftedSums sums[kChannelBlock];
+      if (use_batch_stats) {
+        for (int64_t j = 0; j < width; ++j) {
+          sums[j].shift = x[c0 + j];
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          const scalar_t* row = x + r * channels + c0;
+          for (int64_t j = 0; j < width; ++j) {
+            const double d = static_cast<double>(row[j]) - sums[j].shift;
+            sums[j].sum += d;
+            sums[j].sum_sq += d * d;
+          }
+        }
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        affine[c0 + j] = channel_statistics(
+            c0 + j, sums[j], rows, weight, bias, running_mean, running_var, save_mean, save_invstd, use_batch_stats,
+            momentum, eps);
+      }
+    }
+  });
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* in = x + r * channels;
+      scalar_t* out = y + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        out[c] = in[c] * affine[c].scale + affine[c].offset;
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void batch_norm_backward_kernel_channels_last(
+    const scalar_t* dy, const scalar_t* x, const scalar_t* weight, const scalar_t* save_mean,
+    const scalar_t* save_invstd, scalar_t* dx, scalar_t* grad_weight, scalar_t* grad_bias, const BatchNormShape& s,
+    bool used_batch_stats) {
+  const int64_t rows = s.count();
+  const int64_t channels = s.channels;
+  std::vector<ChannelGradient<scalar_t>> k(channels);
+  at::parallel_for(0, (channels + kChannelBlock - 1) / kChannelBlock, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t c0 = block * kChannelBlock;
+      const int64_t width = std::min(kChannelBlock, channels - c0);
+      double sum_dy[kChannelBlock] = {}, dot[kChannelBlock] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* g = dy + r * channels + c0;
+        const scalar_t* in = x + r * channels + c0;
+        for (int64_t j = 0; j < width; ++j) {
+          sum_dy[j] += g[j];
+          dot[j] += static_cast<double>(g[j]) * static_cast<double>(in[j] - save_mean[c0 + j]);
+        }
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        k[c0 + j] = channel_gradient(
+            c0 + j, sum_dy[j], dot[j], rows, weight, save_mean, save_invstd, grad_weight, grad_bias,
+            used_batch_stats);
+      }
+    }
+  });
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* g = dy + r * channels;
+      const scalar_t* in = x + r * channels;
+      scalar_t* out = dx + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        out[c] = (g[c] - k[c].dy_mean - (in[c] - k[c].mean) * k[c].x_scale) * k[c].dy_scale;
       }
     }
   });
@@ -136,11 +276,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
     const Tensor& input_arg, const std::optional<Tensor>& weight_arg, const std::optional<Tensor>& bias_arg,
     const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training,
     double momentum, double eps) {
-  check_batch_norm(input_arg, weight_arg, bias_arg, running_mean, running_var);
+  const at::ScalarType parameter_dtype = check_batch_norm(input_arg, weight_arg, bias_arg, running_mean, running_var);
+  if (is_reduced_precision(input_arg)) {  // in float32 (precision.h); parameters may be float32 already
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, save_mean, save_invstd, new_running_mean, new_running_var] = batch_norm_cpu(
+        upcast(input_arg), upcast(weight_arg), upcast(bias_arg), upcast(running_mean), upcast(running_var), training,
+        momentum, eps);
+    return {output.to(input_arg.scalar_type()), save_mean, save_invstd, new_running_mean.to(parameter_dtype),
+            new_running_var.to(parameter_dtype)};
+  }
   const bool has_running_stats = running_mean.has_value() && running_mean->defined();
   const bool use_batch_stats = training || !has_running_stats;
   const auto s = batch_norm_shape(input_arg);
-  Tensor output = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
+  // The output takes the input's memory format, as native (channels_last stays channels_last).
+  const auto format = input_arg.suggest_memory_format();
+  Tensor output = at::empty(input_arg.sizes(), input_arg.options().memory_format(format));
   Tensor save_mean = at::empty({s.channels}, input_arg.options());
   Tensor save_invstd = at::empty({s.channels}, input_arg.options());
   // The updated running statistics start as copies of the given ones.
@@ -155,11 +305,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
     save_invstd.fill_(std::numeric_limits<double>::quiet_NaN());
     return {output, save_mean, save_invstd, new_running_mean, new_running_var};
   }
-  const Tensor input = input_arg.contiguous();
+  const Tensor input = input_arg.contiguous(format);
   const Tensor weight = weight_arg.has_value() && weight_arg->defined() ? weight_arg->contiguous() : Tensor();
   const Tensor bias = bias_arg.has_value() && bias_arg->defined() ? bias_arg->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_cpu", [&] {
-    batch_norm_forward_kernel<scalar_t>(
+    const auto kernel = format == at::MemoryFormat::ChannelsLast ? batch_norm_forward_kernel_channels_last<scalar_t>
+                                                                 : batch_norm_forward_kernel<scalar_t>;
+    kernel(
         input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
         weight.defined() ? weight.const_data_ptr<scalar_t>() : nullptr,
         bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
@@ -174,21 +326,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
 std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
     const Tensor& grad_output_arg, const Tensor& input_arg, const std::optional<Tensor>& weight_arg,
     const Tensor& save_mean_arg, const Tensor& save_invstd_arg, bool used_batch_stats) {
-  check_batch_norm_backward(grad_output_arg, input_arg, weight_arg, save_mean_arg, save_invstd_arg);
+  const at::ScalarType weight_dtype =
+      check_batch_norm_backward(grad_output_arg, input_arg, weight_arg, save_mean_arg, save_invstd_arg);
+  if (is_reduced_precision(input_arg)) {  // in float32 (precision.h)
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_input, grad_weight, grad_bias] = batch_norm_backward_cpu(
+        upcast(grad_output_arg), upcast(input_arg), upcast(weight_arg), save_mean_arg, save_invstd_arg,
+        used_batch_stats);
+    return {grad_input.to(input_arg.scalar_type()), grad_weight.to(weight_dtype), grad_bias.to(weight_dtype)};
+  }
   const auto s = batch_norm_shape(input_arg);
-  Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto format = input_arg.suggest_memory_format();  // grad_input takes the input's, as native
+  Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options().memory_format(format));
   Tensor grad_weight = at::zeros({s.channels}, input_arg.options());
   Tensor grad_bias = at::zeros({s.channels}, input_arg.options());
   if (s.count() == 0) {
     return {grad_input, grad_weight, grad_bias};
   }
-  const Tensor grad_output = grad_output_arg.contiguous();
-  const Tensor input = input_arg.contiguous();
+  const Tensor grad_output = grad_output_arg.contiguous(format);
+  const Tensor input = input_arg.contiguous(format);
   const Tensor weight = weight_arg.has_value() && weight_arg->defined() ? weight_arg->contiguous() : Tensor();
   const Tensor save_mean = save_mean_arg.contiguous();
   const Tensor save_invstd = save_invstd_arg.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_backward_cpu", [&] {
-    batch_norm_backward_kernel<scalar_t>(
+    const auto kernel = format == at::MemoryFormat::ChannelsLast ? batch_norm_backward_kernel_channels_last<scalar_t>
+                                                                 : batch_norm_backward_kernel<scalar_t>;
+    kernel(
         grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
         weight.defined() ? weight.const_data_ptr<scalar_t>() : nullptr, save_mean.const_data_ptr<scalar_t>(),
         save_invstd.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),

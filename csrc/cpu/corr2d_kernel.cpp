@@ -241,6 +241,10 @@ Tensor corr2d_cpu(
   // The GEMMs below are ATen calls on tensors that may require grad: this
   // kernel is itself the computation autograd records, so skip autograd.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  if (is_reduced_precision(input_arg)) {  // in float32 (precision.h)
+    return corr2d_cpu(upcast(input_arg), upcast(weight_arg), upcast(bias_arg), stride, padding, dilation, groups)
+        .to(input_arg.scalar_type());
+  }
   Tensor output = at::empty(output_shape, input_arg.options());
   if (output.numel() == 0) {
     return output;
@@ -280,7 +284,7 @@ Tensor corr2d_cpu(
           .copy_(result.view({out_channels, chunk.size, L}).transpose(0, 1));
     }
   });
-  return output;
+  return output.contiguous(input_arg.suggest_memory_format());  // as native: channels_last in, channels_last out
 }
 
 Tensor corr2d_backward_input_cpu(
@@ -291,6 +295,11 @@ Tensor corr2d_backward_input_cpu(
       "pycnn.corr2d_backward_input", grad_output_arg, weight_arg, "weight", input_size, weight_arg.sizes(), stride,
       padding, dilation, groups);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see corr2d_cpu
+  if (is_reduced_precision(grad_output_arg)) {  // in float32 (precision.h)
+    return corr2d_backward_input_cpu(
+               upcast(grad_output_arg), upcast(weight_arg), input_size_sym, stride, padding, dilation, groups)
+        .to(grad_output_arg.scalar_type());
+  }
 
   Tensor grad_input = at::empty(input_size, grad_output_arg.options());
   if (grad_input.numel() == 0) {
@@ -337,7 +346,7 @@ Tensor corr2d_backward_input_cpu(
       }
     });
   });
-  return grad_input;
+  return grad_input.contiguous(grad_output_arg.suggest_memory_format());
 }
 
 std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
@@ -348,6 +357,11 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
       "pycnn.corr2d_backward_weight", grad_output_arg, input_arg, "input", input_arg.sizes(), weight_size, stride,
       padding, dilation, groups);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see corr2d_cpu
+  if (is_reduced_precision(input_arg)) {  // in float32 (precision.h)
+    auto [grad_weight, grad_bias] = corr2d_backward_weight_cpu(
+        upcast(grad_output_arg), upcast(input_arg), weight_size_sym, stride, padding, dilation, groups);
+    return {grad_weight.to(input_arg.scalar_type()), grad_bias.to(input_arg.scalar_type())};
+  }
 
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor input = input_arg.contiguous();

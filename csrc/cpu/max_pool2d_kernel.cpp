@@ -91,23 +91,106 @@ void max_pool2d_backward_kernel(
   });
 }
 
+// The same two passes on channels_last (N, H, W, C) data, with the channels
+// innermost: each window position is one contiguous run of C values, so the
+// loops over channels vectorise. Outputs and indices are channels_last too;
+// an index is still the flat position h * W + w in its plane.
+template <typename scalar_t>
+void max_pool2d_forward_kernel_channels_last(
+    const scalar_t* input, scalar_t* output, int64_t* indices, int64_t batch, int64_t channels, int64_t in_h,
+    int64_t in_w, int64_t out_h, int64_t out_w, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
+    IntArrayRef dilation) {
+  at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / out_h;
+      const int64_t oh = task % out_h;
+      const MaxWindow rows = max_pool_window(oh, in_h, kernel[0], padding[0], stride[0], dilation[0]);
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const MaxWindow cols = max_pool_window(ow, in_w, kernel[1], padding[1], stride[1], dilation[1]);
+        scalar_t* best = output + (task * out_w + ow) * channels;
+        int64_t* best_index = indices + (task * out_w + ow) * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          best[c] = -std::numeric_limits<scalar_t>::infinity();
+          best_index[c] = rows.start * in_w + cols.start;
+        }
+        for (int64_t h = rows.start; h < rows.end; h += dilation[0]) {
+          for (int64_t w = cols.start; w < cols.end; w += dilation[1]) {
+            const scalar_t* x = input + ((n * in_h + h) * in_w + w) * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              if (x[c] > best[c] || std::isnan(x[c])) {
+                best[c] = x[c];
+                best_index[c] = h * in_w + w;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void max_pool2d_backward_kernel_channels_last(
+    const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input, int64_t batch, int64_t channels,
+    int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, IntArrayRef kernel, IntArrayRef stride,
+    IntArrayRef padding, IntArrayRef dilation) {
+  const int64_t in_size = in_h * in_w;
+  // Each sample is written by one task only, in a fixed order.
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      scalar_t* dx = grad_input + n * in_size * channels;
+      for (int64_t oh = 0; oh < out_h; ++oh) {
+        if (max_pool_window_empty(oh, in_h, kernel[0], padding[0], stride[0], dilation[0])) {
+          continue;
+        }
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          if (max_pool_window_empty(ow, in_w, kernel[1], padding[1], stride[1], dilation[1])) {
+            continue;
+          }
+          const int64_t k = ((n * out_h + oh) * out_w + ow) * channels;
+          for (int64_t c = 0; c < channels; ++c) {
+            const int64_t index = indices[k + c];
+            if (index >= 0 && index < in_size) {
+              dx[index * channels + c] += grad_output[k + c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> max_pool2d_cpu(
     const Tensor& input_arg, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
     bool ceil_mode) {
   const auto output_shape = max_pool2d_output_shape(input_arg, kernel_size, stride, padding, dilation, ceil_mode);
-  Tensor output = at::empty(output_shape, input_arg.options());
-  Tensor indices = at::empty(output_shape, input_arg.options().dtype(at::kLong));
+  if (is_reduced_precision(input_arg)) {  // in float32 (precision.h): exact, as a max is
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, indices] = max_pool2d_cpu(upcast(input_arg), kernel_size, stride, padding, dilation, ceil_mode);
+    return {output.to(input_arg.scalar_type()), indices};
+  }
+  // The output takes the input's memory format, as native (NCHW or channels_last).
+  const auto format = input_arg.suggest_memory_format();
+  Tensor output = at::empty(output_shape, input_arg.options().memory_format(format));
+  Tensor indices = at::empty(output_shape, input_arg.options().dtype(at::kLong).memory_format(format));
   if (output.numel() == 0) {
     return {output, indices};
   }
-  const Tensor input = input_arg.contiguous();
+  const Tensor input = input_arg.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_max_pool2d_cpu", [&] {
-    max_pool2d_forward_kernel<scalar_t>(
-        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(),
-        input.size(0) * input.size(1), input.size(2), input.size(3), output.size(2), output.size(3), kernel_size,
-        stride, padding, dilation);
+    if (format == at::MemoryFormat::ChannelsLast) {
+      max_pool2d_forward_kernel_channels_last<scalar_t>(
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(),
+          input.size(0), input.size(1), input.size(2), input.size(3), output.size(2), output.size(3), kernel_size,
+          stride, padding, dilation);
+    } else {
+      max_pool2d_forward_kernel<scalar_t>(
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(),
+          input.size(0) * input.size(1), input.size(2), input.size(3), output.size(2), output.size(3), kernel_size,
+          stride, padding, dilation);
+    }
   });
   return {output, indices};
 }
@@ -118,17 +201,31 @@ Tensor max_pool2d_backward_cpu(
   constexpr const char* op = "pycnn.max_pool2d_backward";
   const auto output_shape = max_pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode);
   check_max_pool2d_backward(op, grad_output_arg, input, indices_arg, output_shape);
-  Tensor grad_input = at::zeros(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (is_reduced_precision(input)) {  // in float32 (precision.h)
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return max_pool2d_backward_cpu(
+               upcast(grad_output_arg), upcast(input), indices_arg, kernel_size, stride, padding, dilation, ceil_mode)
+        .to(input.scalar_type());
+  }
+  const auto format = input.suggest_memory_format();  // grad_input takes the input's, as native
+  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(format)).zero_();
   if (grad_output_arg.numel() == 0) {
     return grad_input;
   }
-  const Tensor grad_output = grad_output_arg.contiguous();
-  const Tensor indices = indices_arg.contiguous();
+  const Tensor grad_output = grad_output_arg.contiguous(format);
+  const Tensor indices = indices_arg.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_max_pool2d_backward_cpu", [&] {
-    max_pool2d_backward_kernel<scalar_t>(
-        grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
-        grad_input.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), input.size(2), input.size(3),
-        output_shape[2], output_shape[3], kernel_size, stride, padding, dilation);
+    if (format == at::MemoryFormat::ChannelsLast) {
+      max_pool2d_backward_kernel_channels_last<scalar_t>(
+          grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+          grad_input.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1), input.size(2), input.size(3),
+          output_shape[2], output_shape[3], kernel_size, stride, padding, dilation);
+    } else {
+      max_pool2d_backward_kernel<scalar_t>(
+          grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+          grad_input.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), input.size(2), input.size(3),
+          output_shape[2], output_shape[3], kernel_size, stride, padding, dilation);
+    }
   });
   return grad_input;
 }

@@ -22,6 +22,7 @@ namespace {
 
 using cuda::blocks_for;
 using cuda::kThreadsPerBlock;
+using cuda::with_format_of;
 
 // Shapes of one pooling, passed to the kernels by value.
 struct AdaptivePoolGeometry {
@@ -127,7 +128,7 @@ Tensor adaptive_avg_pool2d_cuda(const Tensor& input_arg, IntArrayRef output_size
   const Tensor input = input_arg.contiguous();
   Tensor output = at::empty(output_shape, input.options());
   if (output.numel() == 0) {
-    return output;
+    return with_format_of(output, input_arg);
   }
   const AdaptivePoolGeometry g{input.size(2), input.size(3), output_shape[2], output_shape[3]};
   const int64_t planes = input.size(0) * input.size(1);
@@ -143,7 +144,7 @@ Tensor adaptive_avg_pool2d_cuda(const Tensor& input_arg, IntArrayRef output_size
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return output;
+  return with_format_of(output, input_arg);
 }
 
 Tensor adaptive_avg_pool2d_backward_cuda(const Tensor& grad_output_arg, const Tensor& input_arg) {
@@ -156,7 +157,7 @@ Tensor adaptive_avg_pool2d_backward_cuda(const Tensor& grad_output_arg, const Te
   const Tensor grad_output = grad_output_arg.contiguous();
   Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options());
   if (grad_input.numel() == 0) {
-    return grad_input;
+    return with_format_of(grad_input, input_arg);
   }
   const AdaptivePoolGeometry g{input_arg.size(2), input_arg.size(3), output_shape[2], output_shape[3]};
   const int64_t planes = input_arg.size(0) * input_arg.size(1);
@@ -167,7 +168,7 @@ Tensor adaptive_avg_pool2d_backward_cuda(const Tensor& grad_output_arg, const Te
                 grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), planes, g);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
-  return grad_input;
+  return with_format_of(grad_input, input_arg);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@ namespace {
 
 using cuda::blocks_for;
 using cuda::kThreadsPerBlock;
+using cuda::with_format_of;
 
 // Shapes and hyper-parameters of one pooling, passed to the kernels by value.
 struct AvgPoolGeometry {
@@ -122,7 +123,7 @@ Tensor avg_pool2d_cuda(
   const Tensor input = input_arg.contiguous();
   Tensor output = at::empty(output_shape, input.options());
   if (output.numel() == 0) {
-    return output;
+    return with_format_of(output, input_arg);
   }
   const AvgPoolGeometry g =
       make_geometry(input.sizes(), output_shape, kernel_size, stride, padding, count_include_pad, divisor_override);
@@ -132,7 +133,7 @@ Tensor avg_pool2d_cuda(
         input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), planes, g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return output;
+  return with_format_of(output, input_arg);
 }
 
 Tensor avg_pool2d_backward_cuda(
@@ -145,7 +146,7 @@ Tensor avg_pool2d_backward_cuda(
   const Tensor grad_output = grad_output_arg.contiguous();
   Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options());
   if (grad_input.numel() == 0) {
-    return grad_input;
+    return with_format_of(grad_input, input_arg);
   }
   const AvgPoolGeometry g =
       make_geometry(input_arg.sizes(), output_shape, kernel_size, stride, padding, count_include_pad, divisor_override);
@@ -156,7 +157,7 @@ Tensor avg_pool2d_backward_cuda(
             grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), planes, g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return grad_input;
+  return with_format_of(grad_input, input_arg);
 }
 
 }  // namespace

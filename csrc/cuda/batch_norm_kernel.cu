@@ -32,6 +32,7 @@ namespace {
 
 using cuda::blocks_for;
 using cuda::kThreadsPerBlock;
+using cuda::with_format_of;
 
 // The (N, C, S) view of the input.
 struct BatchNormShape {
@@ -314,7 +315,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
     const Tensor& input_arg, const std::optional<Tensor>& weight_arg, const std::optional<Tensor>& bias_arg,
     const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training,
     double momentum, double eps) {
-  check_batch_norm(input_arg, weight_arg, bias_arg, running_mean, running_var);
+  const at::ScalarType parameter_dtype = check_batch_norm(input_arg, weight_arg, bias_arg, running_mean, running_var);
+  if (parameter_dtype != input_arg.scalar_type()) {
+    // Mixed precision (float16 / bfloat16 input, float32 parameters): the
+    // float32 kernel on an upcast input, rounded back once (precision.h).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, save_mean, save_invstd, new_running_mean, new_running_var] =
+        batch_norm_cuda(upcast(input_arg), weight_arg, bias_arg, running_mean, running_var, training, momentum, eps);
+    return {output.to(input_arg.scalar_type()), save_mean, save_invstd, new_running_mean, new_running_var};
+  }
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const bool has_running_stats = running_mean.has_value() && running_mean->defined();
   const bool use_batch_stats = training || !has_running_stats;
@@ -330,14 +339,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
   Tensor new_running_var = has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous)
                                              : at::empty({0}, input_arg.options());
   if (shape.channels == 0) {
-    return {output, save_mean, save_invstd, new_running_mean, new_running_var};
+    return {with_format_of(output, input_arg), save_mean, save_invstd, new_running_mean, new_running_var};
   }
   if (use_batch_stats && shape.channel_numel() == 0) {
     // No values to take statistics of: an empty output, NaN statistics, and
     // the running statistics left as they are (as the CPU kernel does).
     save_mean.fill_(std::numeric_limits<double>::quiet_NaN());
     save_invstd.fill_(std::numeric_limits<double>::quiet_NaN());
-    return {output, save_mean, save_invstd, new_running_mean, new_running_var};
+    return {with_format_of(output, input_arg), save_mean, save_invstd, new_running_mean, new_running_var};
   }
   const Tensor input = input_arg.contiguous();
   const Tensor weight = weight_arg.has_value() && weight_arg->defined() ? weight_arg->contiguous() : Tensor();
@@ -375,13 +384,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {output, save_mean, save_invstd, new_running_mean, new_running_var};
+  return {with_format_of(output, input_arg), save_mean, save_invstd, new_running_mean, new_running_var};
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
     const Tensor& grad_output_arg, const Tensor& input_arg, const std::optional<Tensor>& weight_arg,
     const Tensor& save_mean_arg, const Tensor& save_invstd_arg, bool used_batch_stats) {
-  check_batch_norm_backward(grad_output_arg, input_arg, weight_arg, save_mean_arg, save_invstd_arg);
+  const at::ScalarType weight_dtype =
+      check_batch_norm_backward(grad_output_arg, input_arg, weight_arg, save_mean_arg, save_invstd_arg);
+  if (weight_dtype != input_arg.scalar_type()) {  // mixed precision, as in batch_norm_cuda
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_input, grad_weight, grad_bias] = batch_norm_backward_cuda(
+        upcast(grad_output_arg), upcast(input_arg), weight_arg, save_mean_arg, save_invstd_arg, used_batch_stats);
+    return {grad_input.to(input_arg.scalar_type()), grad_weight, grad_bias};
+  }
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const BatchNormShape shape = batch_norm_shape(input_arg);
   Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
@@ -389,7 +405,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
   Tensor grad_bias = at::zeros({shape.channels}, input_arg.options());
   if (shape.channels == 0 || shape.channel_numel() == 0) {
     // Nothing to sum: zero parameter gradients and an empty grad_input.
-    return {grad_input, grad_weight, grad_bias};
+    return {with_format_of(grad_input, input_arg), grad_weight, grad_bias};
   }
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor input = input_arg.contiguous();
@@ -426,7 +442,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
         used_batch_stats, grad_input.mutable_data_ptr<scalar_t>(), shape);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_input, grad_weight, grad_bias};
+  return {with_format_of(grad_input, input_arg), grad_weight, grad_bias};
 }
 
 }  // namespace

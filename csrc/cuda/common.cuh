@@ -1,6 +1,7 @@
 // Launch and reduction helpers shared by pycnn's CUDA kernels.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
@@ -54,6 +55,14 @@ __device__ T block_sum(T value) {
     value = warp_sum(value);
   }
   return value;
+}
+
+// The kernels compute on NCHW data; an output takes the memory format of the
+// tensor it follows (the input; grad_output for corr2d's grad_input), as
+// native's do: a channels_last input gets its result back channels_last (one
+// copy).
+inline at::Tensor with_format_of(const at::Tensor& result, const at::Tensor& like) {
+  return result.contiguous(like.suggest_memory_format());
 }
 
 }  // namespace pycnn::cuda

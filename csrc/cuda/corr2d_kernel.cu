@@ -32,6 +32,7 @@ namespace {
 
 using cuda::blocks_for;
 using cuda::kThreadsPerBlock;
+using cuda::with_format_of;
 
 // Shapes and hyper-parameters of one correlation, passed to the kernels by value.
 struct Corr2dGeometry {
@@ -204,7 +205,7 @@ Tensor corr2d_cuda(
   const Tensor weight = weight_arg.contiguous();
   Tensor output = at::empty(output_shape, input.options());
   if (output.numel() == 0) {
-    return output;
+    return with_format_of(output, input_arg);
   }
   const Corr2dGeometry g = make_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, output_shape);
   const int64_t batch = input.size(0);
@@ -228,7 +229,7 @@ Tensor corr2d_cuda(
         .view({samples, out_channels, out_plane})
         .copy_(channel_major.view({out_channels, samples, out_plane}).transpose(0, 1));
   }
-  return output;
+  return with_format_of(output, input_arg);
 }
 
 Tensor corr2d_backward_input_cuda(
@@ -245,7 +246,7 @@ Tensor corr2d_backward_input_cuda(
   const Tensor weight = weight_arg.contiguous();
   Tensor grad_input = at::empty(input_size, grad_output.options());
   if (grad_input.numel() == 0) {
-    return grad_input;
+    return with_format_of(grad_input, grad_output_arg);
   }
   const Corr2dGeometry g = make_geometry(input_size, weight.sizes(), stride, padding, dilation, grad_output.sizes());
   const int64_t batch = input_size[0];
@@ -262,7 +263,7 @@ Tensor corr2d_backward_input_cuda(
     at::bmm_out(columns, weight_groups_t, grad_output_channel_major(grad_output, first, samples, groups));
     col2im(columns, first, samples, g, grad_input);
   }
-  return grad_input;
+  return with_format_of(grad_input, grad_output_arg);
 }
 
 std::tuple<Tensor, Tensor> corr2d_backward_weight_cuda(

@@ -24,6 +24,7 @@ namespace {
 
 using cuda::blocks_for;
 using cuda::kThreadsPerBlock;
+using cuda::with_format_of;
 
 // Shapes and hyper-parameters of one pooling, passed to the kernels by value.
 struct MaxPoolGeometry {
@@ -116,7 +117,7 @@ std::tuple<Tensor, Tensor> max_pool2d_cuda(
   Tensor output = at::empty(output_shape, input.options());
   Tensor indices = at::empty(output_shape, input.options().dtype(at::kLong));
   if (output.numel() == 0) {
-    return {output, indices};
+    return {with_format_of(output, input_arg), with_format_of(indices, input_arg)};
   }
   const MaxPoolGeometry g{input.size(2), input.size(3), output_shape[2], output_shape[3], kernel_size[0], kernel_size[1],
                           stride[0],     stride[1],     padding[0],      padding[1],      dilation[0],    dilation[1]};
@@ -127,7 +128,7 @@ std::tuple<Tensor, Tensor> max_pool2d_cuda(
         planes, g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {output, indices};
+  return {with_format_of(output, input_arg), with_format_of(indices, input_arg)};
 }
 
 Tensor max_pool2d_backward_cuda(
@@ -140,10 +141,10 @@ Tensor max_pool2d_backward_cuda(
   const Tensor indices = indices_arg.contiguous();
   Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
   if (grad_input.numel() == 0) {
-    return grad_input;
+    return with_format_of(grad_input, input_arg);
   }
   if (grad_output.numel() == 0) {
-    return grad_input.zero_();
+    return with_format_of(grad_input.zero_(), input_arg);
   }
   const MaxPoolGeometry g{input_arg.size(2), input_arg.size(3), output_shape[2], output_shape[3],
                           kernel_size[0],    kernel_size[1],    stride[0],       stride[1],
@@ -155,7 +156,7 @@ Tensor max_pool2d_backward_cuda(
         grad_input.mutable_data_ptr<scalar_t>(), planes, g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return grad_input;
+  return with_format_of(grad_input, input_arg);
 }
 
 }  // namespace

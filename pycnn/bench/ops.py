@@ -32,12 +32,20 @@ class Case:
     family: str  # corr2d, pooling or batch_norm
     name: str  # which layer of which model
     shape: tuple  # input shape without the batch
-    make: Callable  # (batch, device, dtype) -> (inputs, run_pycnn, run_native, bytes moved)
+    make: Callable  # (batch, device, dtype, memory_format) -> (inputs, run_pycnn, run_native, bytes moved)
+
+
+def _input(batch, shape, device, dtype, memory_format):
+    """The layer's input, a leaf that requires grad; 4-D ones in memory_format."""
+    x = torch.randn(batch, *shape, device=device, dtype=dtype)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=memory_format)
+    return x.requires_grad_()
 
 
 def _conv_case(name, c, h, w, out, k, stride=1, padding=0, groups=1):
-    def make(batch, device, dtype):
-        x = torch.randn(batch, c, h, w, device=device, dtype=dtype, requires_grad=True)
+    def make(batch, device, dtype, memory_format):
+        x = _input(batch, (c, h, w), device, dtype, memory_format)
         weight = torch.randn(out, c // groups, k, k, device=device, dtype=dtype) * (1.0 / math.sqrt(c * k * k))
         weight.requires_grad_()
         bias = torch.randn(out, device=device, dtype=dtype, requires_grad=True)
@@ -52,8 +60,8 @@ def _pool_case(name, c, h, w, kind, **kwargs):
                  "gap": (P.adaptive_avg_pool2d, F.adaptive_avg_pool2d)}
     ours, native = functions[kind]
 
-    def make(batch, device, dtype):
-        x = torch.randn(batch, c, h, w, device=device, dtype=dtype, requires_grad=True)
+    def make(batch, device, dtype, memory_format):
+        x = _input(batch, (c, h, w), device, dtype, memory_format)
         out = native(x.detach(), **kwargs)
         size = x.element_size()
         # forward: read x, write out (+ int64 indices); backward: read grad_out (+ indices), write grad_x
@@ -65,8 +73,8 @@ def _pool_case(name, c, h, w, kind, **kwargs):
 
 
 def _bn_case(name, shape):
-    def make(batch, device, dtype):
-        x = torch.randn(batch, *shape, device=device, dtype=dtype, requires_grad=True)
+    def make(batch, device, dtype, memory_format):
+        x = _input(batch, shape, device, dtype, memory_format)
         c = shape[0]
         weight = torch.rand(c, device=device, dtype=dtype, requires_grad=True)
         bias = torch.randn(c, device=device, dtype=dtype, requires_grad=True)
@@ -135,8 +143,9 @@ def _time(run, inputs, device):
     return time.perf_counter() - start
 
 
-def measure(case: Case, batch: int, device, dtype, repeats: int, warmup: int = 3) -> Dict:
-    inputs, ours, native, moved = case.make(batch, device, dtype)
+def measure(case: Case, batch: int, device, dtype, repeats: int, warmup: int = 3,
+            memory_format=torch.contiguous_format) -> Dict:
+    inputs, ours, native, moved = case.make(batch, device, dtype, memory_format)
     for _ in range(warmup):
         _step(ours, inputs)
         _step(native, inputs)
@@ -180,6 +189,8 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: 15 CPU, 50 CUDA)")
     parser.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"], default="float32")
     parser.add_argument("--only", choices=["corr2d", "pooling", "batch_norm"], default=None)
+    parser.add_argument("--channels-last", action="store_true",
+                        help="4-D inputs in channels_last memory format (both libraries)")
 
 
 def describe_machine(device):
@@ -196,7 +207,9 @@ def run(args):
     repeats = args.repeats or (50 if device.type == "cuda" else 15)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    print(f"# pycnn.bench ops: {describe_machine(device)}; batch {batch}, {args.dtype}, median of {repeats}")
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    layout = ", channels_last" if args.channels_last else ""
+    print(f"# pycnn.bench ops: {describe_machine(device)}; batch {batch}, {args.dtype}{layout}, median of {repeats}")
     peak = copy_bandwidth(device) if device.type == "cuda" else None
     if peak:
         print(f"# device-to-device copy bandwidth (read + write): {peak:.0f} GB/s")
@@ -208,7 +221,7 @@ def run(args):
     for case in CASES:
         if args.only and case.family != args.only:
             continue
-        r = measure(case, batch, device, dtype, repeats)
+        r = measure(case, batch, device, dtype, repeats, memory_format=memory_format)
         results.append(r)
         gbs = lambda v: f"{v:.1f}" if v is not None else "–"  # noqa: E731
         row = (f"| {case.family} | {case.name} | {case.shape} | {r['pycnn_ms']:.3f} | {r['native_ms']:.3f} | "

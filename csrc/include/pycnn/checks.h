@@ -11,6 +11,7 @@
 #include <optional>
 #include <vector>
 
+#include "pycnn/precision.h"
 #include "pycnn/window.h"
 
 namespace pycnn {
@@ -44,17 +45,13 @@ inline void check_same_dtype_device(
       reference_name, " has dtype ", reference.scalar_type(), "; expected the same dtype");
 }
 
-// CPU kernels compute in float32 and float64; CUDA kernels also in float16
-// and bfloat16 (accumulating in float32).
+// Every kernel takes float32, float64, float16 and bfloat16, accumulating
+// float16 and bfloat16 in float32 (precision.h).
 inline void check_floating_dtype(const char* op, const Tensor& input) {
   const auto dtype = input.scalar_type();
-  const bool cpu_ok = dtype == at::kFloat || dtype == at::kDouble;
-  const bool cuda_ok = cpu_ok || dtype == at::kHalf || dtype == at::kBFloat16;
-  if (input.is_cuda()) {
-    TORCH_CHECK(cuda_ok, op, ": on CUDA input must be float32, float64, float16 or bfloat16, got ", dtype);
-  } else {
-    TORCH_CHECK(cpu_ok, op, ": on CPU input must be float32 or float64, got ", dtype);
-  }
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kDouble || is_reduced_precision(input), op,
+      ": input must be float32, float64, float16 or bfloat16, got ", dtype);
 }
 
 inline void check_spatial_output(const char* op, const Tensor& input, int64_t out_h, int64_t out_w) {
@@ -207,16 +204,38 @@ inline void check_max_pool2d_backward(
 
 // --- batch_norm -------------------------------------------------------------
 
-// An optional per-channel tensor (weight, bias, running statistics) must be a
-// vector of length C on input's device and dtype.
-inline void check_channel_vector(const char* op, const Tensor& input, const char* name, const std::optional<Tensor>& t) {
-  if (!t.has_value() || !t->defined()) {
-    return;
+// batch_norm's optional per-channel tensors (weight, bias, running
+// statistics) are vectors of length C on the input's device, all of one dtype:
+// the input's, or float32 with a float16 / bfloat16 input (mixed precision, as
+// native accepts). Returns that dtype (the input's when none is given).
+inline at::ScalarType check_channel_vectors(
+    const char* op, const Tensor& input, std::initializer_list<std::pair<const char*, const std::optional<Tensor>*>> vectors) {
+  std::optional<at::ScalarType> dtype;
+  const char* first = nullptr;
+  for (const auto& [name, vector] : vectors) {
+    if (!vector->has_value() || !(*vector)->defined()) {
+      continue;
+    }
+    const Tensor& t = **vector;
+    TORCH_CHECK(
+        t.device() == input.device(), op, ": ", name, " is on ", t.device(), " but input is on ", input.device(),
+        "; expected both on the same device");
+    TORCH_CHECK(
+        t.scalar_type() == input.scalar_type() || (t.scalar_type() == at::kFloat && is_reduced_precision(input)), op,
+        ": ", name, " has dtype ", t.scalar_type(), " but input has dtype ", input.scalar_type(),
+        "; expected the same dtype (or float32 with a float16 or bfloat16 input)");
+    TORCH_CHECK(
+        !dtype || *dtype == t.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ", first,
+        " has dtype ", *dtype, "; expected weight, bias, running_mean and running_var in one dtype");
+    TORCH_CHECK(
+        t.dim() == 1 && t.size(0) == input.size(1), op, ": ", name, " must have shape (", input.size(1),
+        ",) = (num_channels,), got ", t.sizes());
+    if (!dtype) {
+      dtype = t.scalar_type();
+      first = name;
+    }
   }
-  check_same_dtype_device(op, input, name, *t);
-  TORCH_CHECK(
-      t->dim() == 1 && t->size(0) == input.size(1), op, ": ", name, " must have shape (", input.size(1),
-      ",) = (num_channels,), got ", t->sizes());
+  return dtype.value_or(input.scalar_type());
 }
 
 inline void check_batch_norm_input(const char* op, const Tensor& input) {
@@ -226,33 +245,36 @@ inline void check_batch_norm_input(const char* op, const Tensor& input) {
   check_floating_dtype(op, input);
 }
 
-// Validates batch_norm's arguments.
-inline void check_batch_norm(
+// Validates batch_norm's arguments; returns the dtype of its parameters and
+// running statistics (check_channel_vectors).
+inline at::ScalarType check_batch_norm(
     const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var) {
   constexpr const char* op = "pycnn.batch_norm";
   check_batch_norm_input(op, input);
-  check_channel_vector(op, input, "weight", weight);
-  check_channel_vector(op, input, "bias", bias);
-  check_channel_vector(op, input, "running_mean", running_mean);
-  check_channel_vector(op, input, "running_var", running_var);
+  const at::ScalarType parameter_dtype = check_channel_vectors(
+      op, input,
+      {{"weight", &weight}, {"bias", &bias}, {"running_mean", &running_mean}, {"running_var", &running_var}});
   const bool has_mean = running_mean.has_value() && running_mean->defined();
   const bool has_var = running_var.has_value() && running_var->defined();
   TORCH_CHECK(
       has_mean == has_var, op, ": running_mean and running_var must be given together, got running_mean ",
       has_mean ? "defined" : "None", " and running_var ", has_var ? "defined" : "None");
+  return parameter_dtype;
 }
 
-// Validates batch_norm_backward's arguments. save_mean / save_invstd are the
-// statistics batch_norm returned: vectors of length C in the accumulation
-// dtype (float32 for float16/bfloat16 input, input's dtype otherwise).
-inline void check_batch_norm_backward(
+// Validates batch_norm_backward's arguments; returns the weight's dtype (the
+// input's without a weight), which grad_weight and grad_bias take. save_mean /
+// save_invstd are the statistics batch_norm returned: vectors of length C in
+// the accumulation dtype (float32 for float16/bfloat16 input, input's dtype
+// otherwise).
+inline at::ScalarType check_batch_norm_backward(
     const Tensor& grad_output, const Tensor& input, const std::optional<Tensor>& weight, const Tensor& save_mean,
     const Tensor& save_invstd) {
   constexpr const char* op = "pycnn.batch_norm_backward";
   check_batch_norm_input(op, input);
   check_grad_output(op, grad_output, input, input.sizes());
-  check_channel_vector(op, input, "weight", weight);
+  const at::ScalarType weight_dtype = check_channel_vectors(op, input, {{"weight", &weight}});
   for (const auto& [name, stat] : {std::pair<const char*, const Tensor&>{"save_mean", save_mean},
                                    std::pair<const char*, const Tensor&>{"save_invstd", save_invstd}}) {
     TORCH_CHECK(
@@ -262,6 +284,7 @@ inline void check_batch_norm_backward(
         stat.scalar_type() == at::toOpMathType(input.scalar_type()), op, ": ", name, " must have dtype ",
         at::toOpMathType(input.scalar_type()), ", got ", stat.scalar_type());
   }
+  return weight_dtype;
 }
 
 }  // namespace pycnn
