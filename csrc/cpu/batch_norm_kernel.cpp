@@ -193,29 +193,32 @@ void batch_norm_forward_kernel_channels_last(
     bool use_batch_stats, double momentum, double eps) {
   const int64_t rows = s.count();
   const int64_t channels = s.channels;
-  std::vector<ChannelAffine<scalar_t>> affine(channels);
+  std::vector<scalar_t> scale(channels), offset(channels);
   at::parallel_for(0, (channels + kChannelBlock - 1) / kChannelBlock, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t c0 = block * kChannelBlock;
       const int64_t width = std::min(kChannelBlock, channels - c0);
-      ShiftedSums sums[kChannelBlock];
+      double shift[kChannelBlock] = {}, sum[kChannelBlock] = {}, sum_sq[kChannelBlock] = {};
       if (use_batch_stats) {
         for (int64_t j = 0; j < width; ++j) {
-          sums[j].shift = x[c0 + j];
+          shift[j] = x[c0 + j];
         }
         for (int64_t r = 0; r < rows; ++r) {
           const scalar_t* row = x + r * channels + c0;
+#pragma omp simd
           for (int64_t j = 0; j < width; ++j) {
-            const double d = static_cast<double>(row[j]) - sums[j].shift;
-            sums[j].sum += d;
-            sums[j].sum_sq += d * d;
+            const double d = static_cast<double>(row[j]) - shift[j];
+            sum[j] += d;
+            sum_sq[j] += d * d;
           }
         }
       }
       for (int64_t j = 0; j < width; ++j) {
-        affine[c0 + j] = channel_statistics(
-            c0 + j, sums[j], rows, weight, bias, running_mean, running_var, save_mean, save_invstd, use_batch_stats,
-            momentum, eps);
+        const auto affine = channel_statistics(
+            c0 + j, ShiftedSums{shift[j], sum[j], sum_sq[j]}, rows, weight, bias, running_mean, running_var,
+            save_mean, save_invstd, use_batch_stats, momentum, eps);
+        scale[c0 + j] = affine.scale;
+        offset[c0 + j] = affine.offset;
       }
     }
   });
@@ -223,8 +226,9 @@ void batch_norm_forward_kernel_channels_last(
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* in = x + r * channels;
       scalar_t* out = y + r * channels;
+#pragma omp simd
       for (int64_t c = 0; c < channels; ++c) {
-        out[c] = in[c] * affine[c].scale + affine[c].offset;
+        out[c] = in[c] * scale[c] + offset[c];
       }
     }
   });
@@ -237,24 +241,30 @@ void batch_norm_backward_kernel_channels_last(
     bool used_batch_stats) {
   const int64_t rows = s.count();
   const int64_t channels = s.channels;
-  std::vector<ChannelGradient<scalar_t>> k(channels);
+  std::vector<scalar_t> mean(channels), dy_mean(channels), x_scale(channels), dy_scale(channels);
   at::parallel_for(0, (channels + kChannelBlock - 1) / kChannelBlock, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t c0 = block * kChannelBlock;
       const int64_t width = std::min(kChannelBlock, channels - c0);
       double sum_dy[kChannelBlock] = {}, dot[kChannelBlock] = {};
+      const scalar_t* block_mean = save_mean + c0;
       for (int64_t r = 0; r < rows; ++r) {
         const scalar_t* g = dy + r * channels + c0;
         const scalar_t* in = x + r * channels + c0;
+#pragma omp simd
         for (int64_t j = 0; j < width; ++j) {
           sum_dy[j] += g[j];
-          dot[j] += static_cast<double>(g[j]) * static_cast<double>(in[j] - save_mean[c0 + j]);
+          dot[j] += static_cast<double>(g[j]) * static_cast<double>(in[j] - block_mean[j]);
         }
       }
       for (int64_t j = 0; j < width; ++j) {
-        k[c0 + j] = channel_gradient(
+        const auto k = channel_gradient(
             c0 + j, sum_dy[j], dot[j], rows, weight, save_mean, save_invstd, grad_weight, grad_bias,
             used_batch_stats);
+        mean[c0 + j] = k.mean;
+        dy_mean[c0 + j] = k.dy_mean;
+        x_scale[c0 + j] = k.x_scale;
+        dy_scale[c0 + j] = k.dy_scale;
       }
     }
   });
@@ -263,8 +273,9 @@ void batch_norm_backward_kernel_channels_last(
       const scalar_t* g = dy + r * channels;
       const scalar_t* in = x + r * channels;
       scalar_t* out = dx + r * channels;
+#pragma omp simd
       for (int64_t c = 0; c < channels; ++c) {
-        out[c] = (g[c] - k[c].dy_mean - (in[c] - k[c].mean) * k[c].x_scale) * k[c].dy_scale;
+        out[c] = (g[c] - dy_mean[c] - (in[c] - mean[c]) * x_scale[c]) * dy_scale[c];
       }
     }
   });
