@@ -1,0 +1,70 @@
+"""The fixed cost of one call of each operator: forward + backward (and a
+no_grad forward) on tiny tensors, where the arithmetic is negligible and what
+is left is dispatch, autograd bookkeeping and Python, against native.
+
+Each figure is a low quantile (the 10th percentile) of many single calls, so
+that it reads the cost itself rather than the machine's noise; pin the process
+to one core (taskset -c 1) for the steadiest figures.
+"""
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import pycnn.functional as P
+
+
+def _cases():
+    w = torch.randn(4, 4, 3, 3, requires_grad=True)
+    bn_weight, bn_bias = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    return {
+        "conv2d 3x3": (lambda m: lambda x: m.conv2d(x, w, padding=1)),
+        "max_pool2d 2x2": (lambda m: lambda x: m.max_pool2d(x, 2)),
+        "avg_pool2d 2x2": (lambda m: lambda x: m.avg_pool2d(x, 2)),
+        "adaptive_avg_pool2d 1x1": (lambda m: lambda x: m.adaptive_avg_pool2d(x, 1)),
+        "batch_norm training": (lambda m: lambda x: m.batch_norm(x, None, None, bn_weight, bn_bias, training=True)),
+    }
+
+
+def _quantile_us(times):
+    return statistics.quantiles(times, n=10)[0] * 1e6
+
+
+def measure(fn, x0, calls, warmup):
+    step, forward = [], []
+    for i in range(calls + warmup):
+        x = x0.clone().requires_grad_()
+        start = time.perf_counter()
+        fn(x).sum().backward()
+        if i >= warmup:
+            step.append(time.perf_counter() - start)
+    with torch.no_grad():
+        for i in range(calls + warmup):
+            start = time.perf_counter()
+            fn(x0)
+            if i >= warmup:
+                forward.append(time.perf_counter() - start)
+    return _quantile_us(step), _quantile_us(forward)
+
+
+def add_arguments(parser):
+    parser.add_argument("--calls", type=int, default=2000, help="timed calls per operator and library")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+
+
+def run(args):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 4, 6, 6)
+    print(f"# pycnn.bench overhead: torch {torch.__version__}, {args.threads} thread(s), input (2, 4, 6, 6), "
+          f"10th percentile of {args.calls} calls")
+    print()
+    print("| operator | pycnn fwd+bwd µs | native fwd+bwd µs | extra µs | pycnn no_grad fwd µs | native no_grad fwd µs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, make in _cases().items():
+        ours_step, ours_forward = measure(make(P), x0, args.calls, warmup=200)
+        native_step, native_forward = measure(make(F), x0, args.calls, warmup=200)
+        print(f"| {name} | {ours_step:.1f} | {native_step:.1f} | {ours_step - native_step:+.1f} | "
+              f"{ours_forward:.1f} | {native_forward:.1f} |", flush=True)
+    return 0
