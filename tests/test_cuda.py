@@ -1,0 +1,140 @@
+"""Paths only a GPU reaches: corr2d over several GEMM chunks, batch-norm's split
+reductions, batch 0, float16 / bfloat16 against float32 native, 64-bit
+indexing, CUDA graphs and non-default streams. Skipped without CUDA; run by
+tools/device_check. References are computed with TF32 off, or cuDNN's own
+rounding (about 5e-4) would fail correct kernels."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import HAS_CUDA, assert_close_scaled
+
+pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="CUDA is not available on this machine")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _forward_backward(fn, *inputs):
+    """[output, gradient of every input], on fresh leaves copied from the inputs."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(torch.linspace(-1, 1, out.numel(), device=out.device, dtype=out.dtype).view(out.shape))
+    return [out] + [t.grad for t in leaves]
+
+
+def _both(fn_ours, fn_native, *inputs):
+    return _forward_backward(fn_ours, *inputs), _forward_backward(fn_native, *inputs)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_corr2d_over_several_gemm_chunks(PF, groups):
+    x = torch.randn(300, 64, 32, 32, device="cuda", dtype=torch.float64)
+    w = torch.randn(64, 64 // groups, 3, 3, device="cuda", dtype=torch.float64)
+    b = torch.randn(64, device="cuda", dtype=torch.float64)
+    ours, native = _both(lambda x, w, b: PF.conv2d(x, w, b, padding=1, groups=groups),
+                         lambda x, w, b: F.conv2d(x, w, b, padding=1, groups=groups), x, w, b)
+    for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias"], ours, native):
+        assert_close_scaled(a, e, torch.float64, "conv", msg=name)
+
+
+@pytest.mark.parametrize("shape, dtype, shift", [((64, 3, 128, 128), torch.float64, 0.0),
+                                                 ((64, 3, 128, 128), torch.float32, 1e4),
+                                                 ((4096, 1024), torch.float32, 0.0)],
+                         ids=["split_reduction", "welford_large_mean", "batch_norm_1d_wide"])
+def test_batch_norm_split_reductions(PF, shape, dtype, shift):
+    x = torch.randn(shape, device="cuda", dtype=dtype) + shift
+    c = shape[1]
+    w, b = torch.rand(c, device="cuda", dtype=dtype), torch.randn(c, device="cuda", dtype=dtype)
+    ours, native = _both(lambda x, w, b: PF.batch_norm(x, None, None, w, b, training=True),
+                         lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), x, w, b)
+    for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias"], ours, native):
+        assert_close_scaled(a, e, dtype, "norm", msg=name)
+
+
+LAYERS = {
+    "conv2d": lambda m, x: m.conv2d(x, torch.ones(4, 3, 3, 3, device=x.device, dtype=x.dtype), padding=1),
+    "max_pool2d": lambda m, x: m.max_pool2d(x, 3, 2, 1),
+    "avg_pool2d": lambda m, x: m.avg_pool2d(x, 3, 2, 1),
+    "adaptive_avg_pool2d": lambda m, x: m.adaptive_avg_pool2d(x, (2, 3)),
+    "batch_norm": lambda m, x: m.batch_norm(x, torch.zeros(3, device=x.device, dtype=x.dtype),
+                                            torch.ones(3, device=x.device, dtype=x.dtype), training=False),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_batch_zero_forward_and_backward(PF, name):
+    x = torch.randn(0, 3, 8, 8, device="cuda", requires_grad=True)
+    out = LAYERS[name](PF, x)
+    assert out.shape == LAYERS[name](F, x.detach()).shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_reduced_precision_against_float32_native(PF, name, dtype):
+    x = torch.randn(4, 3, 17, 15, device="cuda")
+    ours = _forward_backward(lambda x: LAYERS[name](PF, x), x.to(dtype))
+    native = _forward_backward(lambda x: LAYERS[name](F, x), x)
+    for label, a, e in zip(["output", "grad_input"], ours, native):
+        assert a.dtype == dtype
+        assert_close_scaled(a.float(), e, dtype, "conv" if name == "conv2d" else "pool", msg=label)
+
+
+def test_max_pool2d_past_two_to_the_31_elements(PF):
+    shape = (2, 1, 32768, 32769)  # 2^31 + 65536 elements: 64-bit indexing
+    needed = 3 * shape[0] * shape[2] * shape[3] * 2  # input, grad_input, and a quarter-size output with indices
+    free, _ = torch.cuda.mem_get_info()
+    if free < 2 * needed:
+        pytest.skip(f"needs about {2 * needed / 2**30:.0f} GiB of free GPU memory")
+    x = torch.zeros(shape, device="cuda", dtype=torch.float16)
+    x[1, 0, -1, -1] = 1  # the last element: found only with 64-bit offsets
+    x.requires_grad_()
+    out, indices = PF.max_pool2d(x, 2, return_indices=True, ceil_mode=True)
+    assert out[1, 0, -1, -1] == 1 and indices[1, 0, -1, -1] == shape[2] * shape[3] - 1
+    out.backward(torch.ones_like(out))
+    assert x.grad[1, 0, -1, -1] == 1
+
+
+def test_cuda_graph_capture_of_a_training_step(PN):
+    model = torch.nn.Sequential(PN.Conv2d(3, 8, 3, padding=1), PN.BatchNorm2d(8), torch.nn.ReLU(),
+                                PN.MaxPool2d(2), PN.AdaptiveAvgPool2d(1), torch.nn.Flatten()).cuda()
+    static_x = torch.randn(8, 3, 16, 16, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on a side stream, as CUDA graphs require
+        for _ in range(3):
+            model.zero_grad(set_to_none=False)
+            model(static_x).sum().backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    model.zero_grad(set_to_none=False)
+    with torch.cuda.graph(graph):  # fails if anything inside synchronises with the host
+        static_loss = model(static_x).sum()
+        static_loss.backward()
+    new_x = torch.randn_like(static_x)
+    static_x.copy_(new_x)
+    model.zero_grad(set_to_none=False)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = model(new_x).sum()
+    torch.testing.assert_close(static_loss, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_operators_on_a_non_default_stream(PF):
+    x = torch.randn(16, 8, 32, 32, device="cuda")
+    w = torch.randn(8, 8, 3, 3, device="cuda")
+    expected = F.max_pool2d(F.conv2d(x, w, padding=1), 2)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = PF.max_pool2d(PF.conv2d(x, w, padding=1), 2)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
