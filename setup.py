@@ -1,10 +1,11 @@
 """Builds pycnn's compiled operators, ``pycnn._C``, against the installed torch.
 
 C++ kernels (csrc/cpu) are always built; CUDA kernels (csrc/cuda) as well when
-the installed torch is a CUDA build and nvcc is found. Build with
-``pip install --no-build-isolation .`` so that the extension is compiled
-against the torch that will run it (an isolated build would fetch a second
-torch, and the two would not match at import).
+the installed torch is a CUDA build and nvcc is found. The extension is
+compiled against the torch that will run it: `pip install .` goes through
+pycnn's build backend (_build_backend/pycnn_backend.py), which finds the torch
+installed in the target environment even in an isolated build, and
+`pip install --no-build-isolation .` uses it directly.
 
 Environment: MAX_JOBS (parallel compile jobs), TORCH_CUDA_ARCH_LIST (GPU
 architectures; default here "9.0+PTX" when no GPU is visible),
@@ -28,7 +29,7 @@ try:
 except ImportError:
     sys.exit(
         "pycnn builds against the installed torch, and none was found in this build environment.\n"
-        "Install torch first, then build without isolation:  pip install --no-build-isolation ."
+        "Install torch first (pip install torch==2.13.0, or any torch >= 2.6), then: pip install ."
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
