@@ -12,6 +12,7 @@ the CUDA kernels when it is a CUDA build). Without an installed torch, it
 stops with the command to run first.
 """
 import os
+import site
 import sys
 import sysconfig
 
@@ -26,9 +27,15 @@ INSTALL_TORCH_FIRST = (
 
 
 def _target_site_packages():
-    """The directories the installing interpreter's packages live in (a venv's, or the system's)."""
+    """The directories the installing interpreter's packages live in: its own (a venv's, or the
+    system's), the base interpreter's for a venv with system site packages, and the user's."""
     paths = sysconfig.get_paths()
-    return list(dict.fromkeys(p for p in (paths.get("purelib"), paths.get("platlib")) if p))
+    candidates = [paths.get("purelib"), paths.get("platlib"), *site.getsitepackages()]
+    try:
+        candidates.append(site.getusersitepackages())
+    except AttributeError:  # pragma: no cover - some embedded interpreters
+        pass
+    return list(dict.fromkeys(p for p in candidates if p and os.path.isdir(p)))
 
 
 def _expose_target_torch():
