@@ -51,3 +51,20 @@ def test_without_torch_the_message_says_what_to_install(tmp_path):
     assert result.returncode != 0
     assert "none is installed in this environment" in result.stdout + result.stderr
     assert "pip install torch==" in result.stdout + result.stderr
+
+
+def test_editable_install_builds_in_place(tmp_path):
+    # A venv that sees this interpreter's packages (torch) through system site packages.
+    clone = _fresh_clone(tmp_path)
+    env_dir = tmp_path / "editable"
+    venv.create(env_dir, with_pip=True, system_site_packages=True)
+    python = str(env_dir / "bin" / "python")
+    env = dict(os.environ, PYCNN_BUILD_CUDA="0", MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
+    result = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--progress-bar", "off", "-e", str(clone)],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    ran = subprocess.run([python, "-c", "import pycnn, pycnn._build_info as info; print(pycnn.__file__, info.TORCH_VERSION)"],
+                         cwd=clone, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    origin, built_for = ran.stdout.split()
+    assert origin.startswith(str(clone)) and built_for == torch.__version__
