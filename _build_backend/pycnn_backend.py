@@ -39,20 +39,22 @@ def _target_site_packages():
 
 
 def _expose_target_torch():
-    """Makes the target environment's torch importable here (appended to sys.path, so that
-    the isolated build environment's own packages -- setuptools, wheel, ninja -- still win).
-    Returns False when there is no torch to build against."""
+    """Makes the target environment's torch importable here: its site directories (and
+    their .pth files) are appended to sys.path, so that the isolated build environment's
+    own packages -- setuptools, wheel, ninja -- still win. Returns False when there is no
+    torch to build against."""
     try:
         import torch  # noqa: F401  (a non-isolated build: torch is already on the path)
 
         return True
     except ImportError:
         pass
+    before = list(sys.path)
     for path in _target_site_packages():
-        if os.path.isdir(os.path.join(path, "torch")) and path not in sys.path:
-            sys.path.append(path)
-            # Subprocesses of the build (ninja's compiler calls go through torch's helpers) see it too.
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), path]))
+        site.addsitedir(path)
+    added = [p for p in sys.path if p not in before]
+    # Subprocesses of the build (compiler calls through torch's helpers) see them too.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), *added]))
     try:
         import torch  # noqa: F401,F811
 

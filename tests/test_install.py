@@ -54,11 +54,15 @@ def test_without_torch_the_message_says_what_to_install(tmp_path):
 
 
 def test_editable_install_builds_in_place(tmp_path):
-    # A venv that sees this interpreter's packages (torch) through system site packages.
+    # A new venv that sees this environment's packages (torch among them) through a .pth file.
     clone = _fresh_clone(tmp_path)
     env_dir = tmp_path / "editable"
-    venv.create(env_dir, with_pip=True, system_site_packages=True)
+    venv.create(env_dir, with_pip=True)
     python = str(env_dir / "bin" / "python")
+    site_dir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(site_dir, "outer_environment.pth"), "w") as pth:
+        pth.write(os.path.dirname(os.path.dirname(torch.__file__)) + "\n")
     env = dict(os.environ, PYCNN_BUILD_CUDA="0", MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
     result = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--progress-bar", "off", "-e", str(clone)],
                             env=env, capture_output=True, text=True)
