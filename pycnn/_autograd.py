@@ -169,10 +169,10 @@ _register("corr2d", setup_context=_corr2d_setup_context, backward=_corr2d_backwa
 
 
 def _corr2d_backward_input_setup_context(ctx, inputs, output):
-    grad_output, weight, _, *args = inputs
+    grad_output, weight, input_size, *args = inputs
     _save(ctx, grad_output, weight)
     ctx.args = args
-    ctx.input_size = inputs[2]
+    ctx.input_size = input_size
 
 
 def _corr2d_backward_input_backward(ctx, grad_grad_input):

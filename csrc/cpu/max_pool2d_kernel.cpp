@@ -52,20 +52,30 @@ void max_pool2d_forward_kernel(
   });
 }
 
+// Which output rows and columns have windows that lie entirely in the padding
+// (max_pool_window_empty): their gradient goes nowhere, in both layouts' backward.
+struct EmptyWindows {
+  std::vector<char> rows, cols;
+};
+
+EmptyWindows empty_windows(
+    int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, IntArrayRef kernel, IntArrayRef stride,
+    IntArrayRef padding, IntArrayRef dilation) {
+  EmptyWindows empty{std::vector<char>(out_h), std::vector<char>(out_w)};
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    empty.rows[oh] = max_pool_window_empty(oh, in_h, kernel[0], padding[0], stride[0], dilation[0]);
+  }
+  for (int64_t ow = 0; ow < out_w; ++ow) {
+    empty.cols[ow] = max_pool_window_empty(ow, in_w, kernel[1], padding[1], stride[1], dilation[1]);
+  }
+  return empty;
+}
+
 template <typename scalar_t>
 void max_pool2d_backward_kernel(
     const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input, int64_t planes, int64_t in_h,
-    int64_t in_w, int64_t out_h, int64_t out_w, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
-    IntArrayRef dilation) {
-  // Windows that lie entirely in the padding route their gradient nowhere
-  // (max_pool_window_empty); so does any index past the plane.
-  std::vector<char> empty_row(out_h), empty_col(out_w);
-  for (int64_t oh = 0; oh < out_h; ++oh) {
-    empty_row[oh] = max_pool_window_empty(oh, in_h, kernel[0], padding[0], stride[0], dilation[0]);
-  }
-  for (int64_t ow = 0; ow < out_w; ++ow) {
-    empty_col[ow] = max_pool_window_empty(ow, in_w, kernel[1], padding[1], stride[1], dilation[1]);
-  }
+    int64_t in_w, int64_t out_h, int64_t out_w, const EmptyWindows& empty) {
+  // An empty window routes its gradient nowhere; so does any index past the plane.
   const int64_t in_size = in_h * in_w;
   const int64_t out_size = out_h * out_w;
   // Windows overlap, so two outputs may route to one input element; a plane
@@ -77,12 +87,12 @@ void max_pool2d_backward_kernel(
       const scalar_t* dy = grad_output + plane * out_size;
       const int64_t* idx = indices + plane * out_size;
       for (int64_t oh = 0; oh < out_h; ++oh) {
-        if (empty_row[oh]) {
+        if (empty.rows[oh]) {
           continue;
         }
         for (int64_t ow = 0; ow < out_w; ++ow) {
           const int64_t k = oh * out_w + ow;
-          if (!empty_col[ow] && idx[k] >= 0 && idx[k] < in_size) {
+          if (!empty.cols[ow] && idx[k] >= 0 && idx[k] < in_size) {
             dx[idx[k]] += dy[k];
           }
         }
@@ -132,19 +142,18 @@ void max_pool2d_forward_kernel_channels_last(
 template <typename scalar_t>
 void max_pool2d_backward_kernel_channels_last(
     const scalar_t* grad_output, const int64_t* indices, scalar_t* grad_input, int64_t batch, int64_t channels,
-    int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, IntArrayRef kernel, IntArrayRef stride,
-    IntArrayRef padding, IntArrayRef dilation) {
+    int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, const EmptyWindows& empty) {
   const int64_t in_size = in_h * in_w;
   // Each sample is written by one task only, in a fixed order.
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       scalar_t* dx = grad_input + n * in_size * channels;
       for (int64_t oh = 0; oh < out_h; ++oh) {
-        if (max_pool_window_empty(oh, in_h, kernel[0], padding[0], stride[0], dilation[0])) {
+        if (empty.rows[oh]) {
           continue;
         }
         for (int64_t ow = 0; ow < out_w; ++ow) {
-          if (max_pool_window_empty(ow, in_w, kernel[1], padding[1], stride[1], dilation[1])) {
+          if (empty.cols[ow]) {
             continue;
           }
           const int64_t k = ((n * out_h + oh) * out_w + ow) * channels;
@@ -214,17 +223,20 @@ Tensor max_pool2d_backward_cpu(
   }
   const Tensor grad_output = grad_output_arg.contiguous(format);
   const Tensor indices = indices_arg.contiguous(format);
+  const EmptyWindows empty =
+      empty_windows(input.size(2), input.size(3), output_shape[2], output_shape[3], kernel_size, stride, padding,
+                    dilation);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_max_pool2d_backward_cpu", [&] {
     if (format == at::MemoryFormat::ChannelsLast) {
       max_pool2d_backward_kernel_channels_last<scalar_t>(
           grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
           grad_input.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1), input.size(2), input.size(3),
-          output_shape[2], output_shape[3], kernel_size, stride, padding, dilation);
+          output_shape[2], output_shape[3], empty);
     } else {
       max_pool2d_backward_kernel<scalar_t>(
           grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
           grad_input.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), input.size(2), input.size(3),
-          output_shape[2], output_shape[3], kernel_size, stride, padding, dilation);
+          output_shape[2], output_shape[3], empty);
     }
   });
   return grad_input;
