@@ -424,7 +424,7 @@ def export_failed(what: str, error: BaseException) -> ExportError:
         seen.add(id(error))
         chain.append(error)
         error = error.__cause__ or error.__context__
-    from export._onnx_ops import UnsupportedExport
+    from pycnn.onnx import UnsupportedExport
 
     for candidate in chain:
         if isinstance(candidate, UnsupportedExport):

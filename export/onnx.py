@@ -4,17 +4,21 @@
                           [--opset 18] [--batch-size N] [--triton-repo DIR]
 
 PyTorch's torch.export-based exporter (torch.onnx.export(..., dynamo=True))
-traces the eval-mode model; a translation table (export/_onnx_ops.py) turns each
+traces the eval-mode model; pycnn's translation table (pycnn.onnx) turns each
 torch.ops.pycnn operator into standard ONNX operators (Conv, MaxPool,
 AveragePool, GlobalAveragePool, BatchNormalization), so the file runs on stock
 onnxruntime without a custom-operator library. The file is then checked
 (onnx.checker, default-domain nodes only) and run in onnxruntime on real
 Fashion-MNIST test images and random input against the PyTorch model; it is only
 put in place when everything passes. --triton-repo also writes a Triton/KServe
-model repository (DIR/NAME/1/model.onnx and DIR/NAME/config.pbtxt).
+model repository (DIR/NAME/1/model.onnx, DIR/NAME/config.pbtxt and
+DIR/NAME/labels.txt). The file carries the class labels of a Fashion-MNIST
+model as its "labels" metadata (a JSON list), which export.serve's classify
+endpoint reports.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import List, Optional, Sequence
@@ -24,21 +28,25 @@ import torch
 
 from export import _common
 from export._common import ExportError
-from export._onnx_ops import translation_table
+from pycnn.data import CLASSES
+from pycnn.onnx import translation_table
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 TRITON_MAX_BATCH = 256
+LABELS_KEY = "labels"  # the metadata entry export.serve reads
+TRITON_LABELS_FILE = "labels.txt"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def export_onnx(model: torch.nn.Module, path: str, *, opset: int = DEFAULT_OPSET, batch_size: Optional[int] = None,
-                input_size: Optional[Sequence[int]] = None) -> onnx.ModelProto:
+                input_size: Optional[Sequence[int]] = None, labels: Optional[Sequence[str]] = None) -> onnx.ModelProto:
     """Write `model` (eval mode) to `path` as ONNX; return the model proto.
 
     batch_size None: a dynamic batch dimension ("batch"); otherwise that fixed batch.
     input_size: (C, H, W), default model.default_input_size.
+    labels: the class names of the output, stored as the "labels" metadata.
     The graph is flat (functions inlined) and holds default-domain operators only;
     onnx.checker has passed on it. Raises ExportError if any of that fails.
     """
@@ -66,6 +74,8 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = DEFAULT_OPSET
     foreign = non_standard_nodes(proto)
     if foreign:
         raise ExportError(f"the ONNX graph has operators outside the default domain: {', '.join(sorted(foreign))}")
+    if labels is not None:
+        onnx.helper.set_model_props(proto, {LABELS_KEY: json.dumps(list(labels))})
     onnx.save(proto, path)
     try:
         onnx.checker.check_model(path, full_check=True)
@@ -118,8 +128,10 @@ def run_onnx(path: str, inputs: Sequence[torch.Tensor]) -> List:
     return [session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0] for x in inputs]
 
 
-def triton_config(name: str, input_size: Sequence[int], num_classes: int, batch_size: Optional[int]) -> str:
-    """config.pbtxt of a Triton model served by the onnxruntime backend.
+def triton_config(name: str, input_size: Sequence[int], num_classes: int, batch_size: Optional[int],
+                  labels: bool = False) -> str:
+    """config.pbtxt of a Triton model served by the onnxruntime backend
+    (labels: the output names its label file, for Triton's classification).
 
     Dynamic batch: max_batch_size TRITON_MAX_BATCH, dims without the batch and
     dynamic batching on; fixed batch: max_batch_size 0 and dims with it."""
@@ -128,27 +140,33 @@ def triton_config(name: str, input_size: Sequence[int], num_classes: int, batch_
     else:
         max_batch, input_dims, output_dims = 0, [batch_size, *input_size], [batch_size, num_classes]
 
-    def tensor(tensor_name, dims):
+    def tensor(tensor_name, dims, label_file=None):
+        label = f'    label_filename: "{label_file}"\n' if label_file else ""
         return (f'  {{\n    name: "{tensor_name}"\n    data_type: TYPE_FP32\n'
-                f'    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}')
+                f'    dims: [ {", ".join(str(d) for d in dims)} ]\n{label}  }}')
 
     # Dynamic batch: Triton gathers concurrent requests as export.serve does
     # (default max_queue_delay 0: what is waiting, no more).
     batching = "dynamic_batching { }\n" if batch_size is None else ""
     return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch}\n'
             f'input [\n{tensor(INPUT_NAME, input_dims)}\n]\n'
-            f'output [\n{tensor(OUTPUT_NAME, output_dims)}\n]\n{batching}')
+            f'output [\n{tensor(OUTPUT_NAME, output_dims, TRITON_LABELS_FILE if labels else None)}\n]\n{batching}')
 
 
 def write_triton_repo(repo: str, name: str, onnx_path: str, input_size: Sequence[int], num_classes: int,
-                      batch_size: Optional[int]) -> str:
-    """Write repo/name/1/model.onnx (a copy of onnx_path) and repo/name/config.pbtxt; return repo/name."""
+                      batch_size: Optional[int], labels: Optional[Sequence[str]] = None) -> str:
+    """Write repo/name/1/model.onnx (a copy of onnx_path), repo/name/config.pbtxt and,
+    with labels, repo/name/labels.txt (one label per line, Triton's label file); return repo/name."""
     model_dir = os.path.join(repo, name)
     with _common.atomic_output(os.path.join(model_dir, "1", "model.onnx")) as tmp:
         shutil.copyfile(onnx_path, tmp)
+    if labels is not None:
+        with _common.atomic_output(os.path.join(model_dir, TRITON_LABELS_FILE)) as tmp:
+            with open(tmp, "w") as f:
+                f.write("".join(f"{label}\n" for label in labels))
     with _common.atomic_output(os.path.join(model_dir, "config.pbtxt")) as tmp:
         with open(tmp, "w") as f:
-            f.write(triton_config(name, input_size, num_classes, batch_size))
+            f.write(triton_config(name, input_size, num_classes, batch_size, labels=labels is not None))
     return model_dir
 
 
@@ -165,8 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     model, source, input_size = _common.load_model(args.model, args.checkpoint)
     batches = _common.check_batches(input_size, args.check_images, 3, args.batch_size)
     references = _common.reference_outputs(model, batches)
+    labels = CLASSES if references[0].shape[1] == len(CLASSES) else None
     with _common.atomic_output(args.out) as tmp:
-        export_onnx(model, tmp, opset=args.opset, batch_size=args.batch_size, input_size=input_size)
+        export_onnx(model, tmp, opset=args.opset, batch_size=args.batch_size, input_size=input_size, labels=labels)
         outputs = run_onnx(tmp, [x for _, x in batches])
         _common.check_and_summarise(
             args, model, source, tmp, batches, references, outputs,
@@ -175,8 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             runtime=f"onnxruntime {__import__('onnxruntime').__version__} ({', '.join(providers())})")
     if args.triton_repo:
         model_dir = write_triton_repo(args.triton_repo, args.model, args.out, input_size,
-                                      references[0].shape[1], args.batch_size)
-        print(f"triton repository: {model_dir} (1/model.onnx, config.pbtxt)")
+                                      references[0].shape[1], args.batch_size, labels)
+        files = "1/model.onnx, config.pbtxt" + (f", {TRITON_LABELS_FILE}" if labels else "")
+        print(f"triton repository: {model_dir} ({files})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""export._batching.DynamicBatcher on its own (no server, no onnxruntime): every
+"""export.serve.batching.DynamicBatcher on its own (no server, no onnxruntime): every
 caller gets exactly its rows back, batches respect max_batch, requests are never
 split, errors reach every caller of the batch, and max_batch 1 turns it off."""
 import asyncio
@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from export._batching import DynamicBatcher
+from export.serve.batching import DynamicBatcher
 
 
 class RecordingModel:

@@ -4,6 +4,7 @@ and torch.export programs (pycnn's operators intact), and their CLIs.
 Most tests call the library functions in-process (export.onnx.export_onnx, ...)
 for speed; a few run the CLIs (python -m export.<format>) end to end.
 """
+import json
 import os
 import subprocess
 import sys
@@ -20,10 +21,13 @@ import onnx  # noqa: E402
 import pycnn  # noqa: E402,F401
 import pycnn.functional as PF  # noqa: E402
 import pycnn.models  # noqa: E402
+import pycnn.nn  # noqa: E402
+import pycnn.onnx  # noqa: E402
 from export import _common  # noqa: E402
 from export import onnx as onnx_export  # noqa: E402
 from export import program as program_export  # noqa: E402
 from export import torchscript as torchscript_export  # noqa: E402
+from pycnn.data import CLASSES  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = pycnn.models.list_models()
@@ -193,6 +197,40 @@ def test_untranslatable_arguments_are_clear_errors(fn, message, tmp_path):
     assert not path.exists()
 
 
+def test_your_own_model_exports_with_pycnn_onnx(tmp_path):
+    """The README's example: a user's nn.Sequential of pycnn.nn layers, exported
+    with torch.onnx.export and pycnn.onnx's translation table alone (no export
+    package), is a standard-ONNX file that onnxruntime runs as PyTorch does, at
+    any batch size."""
+    import onnxruntime
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        pycnn.nn.Conv2d(3, 8, 3, padding=1), pycnn.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        pycnn.nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        pycnn.nn.Conv2d(8, 16, 3, padding=2, dilation=2, groups=4, bias=False), torch.nn.ReLU(),
+        pycnn.nn.AvgPool2d(2, count_include_pad=False, padding=1), pycnn.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(16, 32), pycnn.nn.BatchNorm1d(32), torch.nn.Linear(32, 5))
+    model.train()(torch.randn(16, 3, 20, 20))  # running statistics that are not the defaults
+    model.eval()
+    path = str(tmp_path / "mine.onnx")
+    torch.onnx.export(model, (torch.rand(2, 3, 20, 20),), path, dynamo=True,
+                      custom_translation_table=pycnn.onnx.translation_table(),
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["x"], output_names=["y"])
+    proto = onnx.load(path)
+    assert onnx_export.non_standard_nodes(proto) == set()
+    # (the exporter's optimiser may fold eval batch-norm into the layer before it)
+    assert {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool"} <= {
+        node.op_type for node in proto.graph.node}
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        x = torch.rand(batch, 3, 20, 20)
+        with torch.no_grad():
+            expected = model(x)
+        actual = torch.as_tensor(session.run(["y"], {"x": x.numpy()})[0])
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
 # --- fixed batch and the Triton repository ------------------------------------
 
 
@@ -211,7 +249,8 @@ def test_cli_onnx_fixed_batch_and_triton_repo(tmp_path):
                   "--checkpoint", str(_lenet_checkpoint(tmp_path)))
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(repo)) == ["lenet"]
-    assert sorted(os.listdir(repo / "lenet")) == ["1", "config.pbtxt"]
+    assert sorted(os.listdir(repo / "lenet")) == ["1", "config.pbtxt", "labels.txt"]
+    assert (repo / "lenet" / "labels.txt").read_text().splitlines() == list(CLASSES)  # Triton's label file
     assert os.listdir(repo / "lenet" / "1") == ["model.onnx"]
     assert (repo / "lenet" / "1" / "model.onnx").read_bytes() == out.read_bytes()
     config = (repo / "lenet" / "config.pbtxt").read_text()
@@ -219,8 +258,10 @@ def test_cli_onnx_fixed_batch_and_triton_repo(tmp_path):
     assert "dynamic_batching" not in config  # a fixed batch cannot be gathered
     assert "dims: [ 2, 1, 28, 28 ]" in config and "dims: [ 2, 10 ]" in config
     assert config.count("TYPE_FP32") == 2 and 'name: "input"' in config and 'name: "logits"' in config
-    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_value for d in dims] == [2, 1, 28, 28]
+    assert config.count('label_filename: "labels.txt"') == 1  # on the output: Triton's classification
+    proto = onnx.load(str(out))
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, 1, 28, 28]
+    assert {p.key: json.loads(p.value) for p in proto.metadata_props} == {"labels": list(CLASSES)}
 
 
 # --- the CLIs -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""export._protocol on its own: whatever the body, parse_infer_request either
+"""export.serve.protocol on its own: whatever the body, parse_infer_request either
 parses it or raises ProtocolError with a message -- never another exception
 (which the server would answer with a 500)."""
 import json
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export._protocol import ProtocolError, TensorSpec, infer_response, parse_infer_request
+from export.serve.protocol import ProtocolError, TensorSpec, infer_response, parse_infer_request
 
 INPUTS = [TensorSpec("input", "FP32", (-1, 1, 2, 2))]
 OUTPUTS = [TensorSpec("logits", "FP32", (-1, 3))]

@@ -7,6 +7,7 @@ request followed by a good one, dynamic batching, metrics, graceful shutdown,
 command-line errors and the load-test CLI.
 """
 import concurrent.futures
+import importlib.metadata
 import io
 import json
 import os
@@ -28,13 +29,15 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 Image = pytest.importorskip("PIL.Image")
 
+import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
 
 import pycnn.models  # noqa: E402
 from export import _common  # noqa: E402
 from export import onnx as onnx_export  # noqa: E402
-from export._image import image_to_input, to_fashion_mnist  # noqa: E402
-from pycnn.data import CLASSES, load_split, prepare_images  # noqa: E402
+from export.serve import image as serve_image  # noqa: E402
+from export.serve.image import image_to_input, to_fashion_mnist  # noqa: E402
+from pycnn.data import CLASSES, IMAGE_HW, load_split, prepare_images  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEEDS_DATA = pytest.mark.skipif(not _common.fashion_mnist_available(),
@@ -50,16 +53,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """python -m export.serve ARGS on a free port; .url, .client, .stop()."""
+# python -c WITHOUT_TORCH ARGS: python -m export.serve ARGS in a process where
+# importing torch or pycnn (and so pycnn._C) raises ImportError.
+WITHOUT_TORCH = ("import runpy, sys; sys.modules.update(torch=None, pycnn=None); "
+                 "runpy.run_module('export.serve', run_name='__main__', alter_sys=True)")
 
-    def __init__(self, log_dir, *args):
+
+class Server:
+    """python -m export.serve ARGS on a free port; .url, .client, .stop().
+    without_torch: in a process that cannot import torch or pycnn."""
+
+    def __init__(self, log_dir, *args, without_torch=False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(log_dir, f"serve-{self.port}.log")
         self.log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONPATH=ROOT)
-        self.process = subprocess.Popen([sys.executable, "-m", "export.serve", *args, "--port", str(self.port)],
+        launch = ["-c", WITHOUT_TORCH] if without_torch else ["-m", "export.serve"]
+        self.process = subprocess.Popen([sys.executable, *launch, *args, "--port", str(self.port)],
                                         cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=30)
         deadline = time.monotonic() + 120
@@ -77,7 +88,8 @@ class Server:
             time.sleep(0.1)
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
 
@@ -96,14 +108,15 @@ class Server:
 
 @pytest.fixture(scope="module")
 def onnx_files(tmp_path_factory):
-    """lenet_bn.onnx with a dynamic batch and lenet_fixed.onnx with a batch of FIXED_BATCH."""
+    """lenet_bn.onnx with a dynamic batch and lenet_fixed.onnx with a batch of FIXED_BATCH,
+    both labelled with the Fashion-MNIST classes (as python -m export.onnx writes them)."""
     directory = tmp_path_factory.mktemp("exports")
     torch.manual_seed(0)
     files = {}
     for name, arch, batch in (("lenet_bn", "lenet_bn", None), ("lenet_fixed", "lenet", FIXED_BATCH)):
         model = pycnn.models.create(arch).eval()
         files[name] = str(directory / f"{name}.onnx")
-        onnx_export.export_onnx(model, files[name], batch_size=batch)
+        onnx_export.export_onnx(model, files[name], batch_size=batch, labels=CLASSES)
     return files
 
 
@@ -274,6 +287,24 @@ def test_classify_real_test_images(server, direct):
     assert len(top3["predictions"]) == 3 and top3["model_name"] == "lenet_bn"
 
 
+@pytest.mark.parametrize("size", [(32, 32), (96, 96), (224, 224), (227, 227), (24, 24), (29, 31), (1, 1), (2, 100)])
+def test_resize_is_the_training_transform(size):
+    """The server's numpy resize (no torch there) is prepare_images': the very
+    interpolation weights, read back from torch's kernel with one-hot images, and
+    values within float32 rounding (torch fuses its multiply-adds differently
+    on each instruction set)."""
+    for size_in, size_out in ((IMAGE_HW[0], size[0]), (IMAGE_HW[1], size[1])):
+        one_hot = torch.eye(size_in)[:, None, None, :]  # (size_in, 1, 1, size_in): image j is pixel j
+        torch_weights = torch.nn.functional.interpolate(one_hot, size=(1, size_out), mode="bilinear",
+                                                        align_corners=False)[:, 0, 0, :].T.numpy()
+        np.testing.assert_array_equal(serve_image.bilinear_weights(size_in, size_out), torch_weights)
+    grey = np.random.default_rng(sum(size)).integers(0, 256, (28, 28), dtype=np.uint8)
+    x = image_to_input(png_bytes(grey), size)
+    assert x.dtype == np.float32 and x.shape == (1, 1, *size)
+    expected = prepare_images(torch.from_numpy(grey)[None, None], size).numpy()
+    np.testing.assert_allclose(x, expected, rtol=0, atol=4 * np.finfo(np.float32).eps)
+
+
 def test_classify_colour_photos_of_any_size(server):
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8), "RGB")
@@ -293,10 +324,10 @@ def test_image_conversion():
     black; other sizes are padded square with black, then resized to 28x28."""
     rng = np.random.default_rng(1)
     grey = rng.integers(0, 256, (28, 28), dtype=np.uint8)
-    x = image_to_input(png_bytes(grey), (32, 32))
-    expected = prepare_images(torch.from_numpy(grey)[None, None], (32, 32)).numpy()
-    assert x.dtype == np.float32 and x.shape == (1, 1, 32, 32)
-    np.testing.assert_array_equal(x, expected)
+    x = image_to_input(png_bytes(grey), (28, 28))
+    assert x.dtype == np.float32 and x.shape == (1, 1, 28, 28)
+    np.testing.assert_array_equal(x, prepare_images(torch.from_numpy(grey)[None, None]).numpy())
+    assert serve_image.IMAGE_HW == IMAGE_HW
 
     transparent = np.zeros((28, 28, 4), np.uint8)
     transparent[..., :3] = 255  # white, but fully transparent
@@ -468,11 +499,11 @@ def test_missing_cuda_provider_falls_back_to_cpu_with_one_warning(server):
 
 
 def test_onnxruntime_without_cuda_serves_on_cpu_with_one_warning(monkeypatch, caplog):
-    from export import serve
+    from export.serve import app
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with caplog.at_level("WARNING", logger="export.serve"):
-        assert serve.resolve_providers(["cuda", "cpu"]) == ["CPUExecutionProvider"]
+        assert app.resolve_providers(["cuda", "cpu"]) == ["CPUExecutionProvider"]
     assert [r.getMessage() for r in caplog.records] == [
         "this onnxruntime has no CUDAExecutionProvider; serving on the others (CPUExecutionProvider)"]
 
@@ -504,10 +535,46 @@ def test_command_line_errors(onnx_files, tmp_path):
     batch = _serve_cli(onnx_files["lenet_bn"], "--max-batch", "0")
     assert batch.returncode == 2 and "--max-batch" in batch.stderr
 
+    mislabelled = tmp_path / "mislabelled.onnx"
+    proto = onnx.load(onnx_files["lenet_bn"])
+    onnx.helper.set_model_props(proto, {"labels": json.dumps(["shirt", "shoe"])})
+    onnx.save(proto, str(mislabelled))
+    labels = _serve_cli(str(mislabelled))
+    assert labels.returncode == 2 and "names 2 classes, but output 'logits' has 10" in labels.stderr
+
+
+def test_server_needs_neither_torch_nor_pycnn(onnx_files, tmp_path, direct):
+    """A serving host needs onnxruntime, the web stack, numpy and Pillow: with
+    torch and pycnn unimportable the server starts, infers and classifies, with
+    the labels the model file carries; a model without labels classifies too."""
+    unlabelled = tmp_path / "unlabelled.onnx"
+    proto = onnx.load(onnx_files["lenet_bn"])
+    del proto.metadata_props[:]
+    onnx.save(proto, str(unlabelled))
+    server = Server(str(tmp_path), onnx_files["lenet_bn"], str(unlabelled), "--threads", "1", without_torch=True)
+    try:
+        assert server.client.get("/v2").json()["version"] == importlib.metadata.version("pycnn")
+        x = random_input(3, seed=4)
+        np.testing.assert_allclose(logits_of(server.client.post(INFER, json=infer_body(x))),
+                                   direct["lenet_bn"](x), rtol=1e-5, atol=1e-6)
+        image = png_bytes(np.random.default_rng(5).integers(0, 256, (28, 28), dtype=np.uint8))
+        expected = softmax(direct["lenet_bn"](image_to_input(image, (28, 28))).astype(np.float64))[0]
+        for name, labels in (("lenet_bn", CLASSES), ("unlabelled", None)):
+            response = server.client.post(f"/v2/models/{name}/classify", params={"top_k": 10}, content=image)
+            assert response.status_code == 200, response.text
+            predictions = response.json()["predictions"]
+            assert [p["index"] for p in predictions] == list(np.argsort(-expected, kind="stable"))
+            assert [p["label"] for p in predictions] == [labels[p["index"]] if labels else None for p in predictions]
+            np.testing.assert_allclose([p["probability"] for p in predictions],
+                                       expected[[p["index"] for p in predictions]], rtol=1e-5, atol=1e-6)
+    finally:
+        server.stop()
+    assert "Application shutdown complete" in server.output() and "Traceback" not in server.output()
+
 
 def _loadtest(*args):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "export.loadtest", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "export.serve.loadtest", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

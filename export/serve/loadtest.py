@@ -1,6 +1,6 @@
 """A bounded load test of a KServe v2 model endpoint (export.serve, or Triton).
 
-    python -m export.loadtest --url http://127.0.0.1:8000/v2/models/lenet_bn \\
+    python -m export.serve.loadtest --url http://127.0.0.1:8000/v2/models/lenet_bn \\
         --concurrency 1,8,32 --requests 2000 [--rows 1] [--binary]
 
 At each concurrency level, that many clients send `--requests` infer requests
@@ -29,7 +29,7 @@ import aiohttp
 import numpy as np
 
 from export import _common
-from export._protocol import HEADER_LENGTH
+from export.serve.protocol import HEADER_LENGTH
 
 DISTINCT_PAYLOADS = 64
 
@@ -182,7 +182,7 @@ def _concurrency_levels(text: str) -> List[int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m export.loadtest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.serve.loadtest", description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="the model's URL, http://HOST:PORT/v2/models/NAME")
     parser.add_argument("--concurrency", type=_concurrency_levels, default=[8],
                         help="clients sending at the same time; several levels separated by commas, "

@@ -12,18 +12,22 @@ Each file is served under its stem (exports/resnet18.onnx -> resnet18):
     GET  /v2/models/NAME/ready                  model readiness
     GET  /v2/models/NAME/config                 Triton's model configuration (max_batch_size, dims)
     POST /v2/models/NAME/infer                  KServe v2 inference (JSON or Triton's binary tensors)
-    POST /v2/models/NAME/classify?top_k=3       an image file -> the top-k Fashion-MNIST classes
+    POST /v2/models/NAME/classify?top_k=3       an image file -> the top-k classes (labels from the model)
     GET  /metrics                               Prometheus metrics
     (/v2/models/NAME/versions/1/... works too: each model has one version, "1")
 
 The application is FastAPI, served by uvicorn. Concurrent requests to a model
-are gathered into one onnxruntime run (export/_batching.py) of up to
+are gathered into one onnxruntime run (batching.py) of up to
 --max-batch rows: the requests that arrived while the previous run was busy,
 plus those arriving within --batch-timeout-ms of the first (default 0: no
-waiting, which keeps a lone request fast); --max-batch 1 turns batching off. Bad requests get a 4xx answer {"error": "..."} naming the
-problem (export/_protocol.py); the server keeps serving. SIGTERM or Ctrl-C stop
-it gracefully: it stops accepting connections, finishes the requests in flight,
-then exits.
+waiting, which keeps a lone request fast); --max-batch 1 turns batching off.
+Bad requests get a 4xx answer {"error": "..."} naming the problem
+(protocol.py); the server keeps serving. SIGTERM or Ctrl-C stop it gracefully:
+it stops accepting connections, finishes the requests in flight, then exits.
+
+The server needs onnxruntime, the web stack, numpy and Pillow, and nothing
+else: it imports neither torch nor pycnn. The class labels come with each model
+(the "labels" metadata that python -m export.onnx writes into the file).
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import importlib.metadata
+import json
 import logging
 import os
 import sys
@@ -39,7 +45,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import onnxruntime
-import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -48,12 +53,10 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import pycnn
-from export import _protocol
-from export._batching import DynamicBatcher
-from export._image import image_to_input
-from export._protocol import ProtocolError, TensorSpec
-from pycnn.data import CLASSES
+from export.serve import protocol
+from export.serve.batching import DynamicBatcher
+from export.serve.image import image_to_input
+from export.serve.protocol import ProtocolError, TensorSpec
 
 log = logging.getLogger("export.serve")
 
@@ -63,6 +66,16 @@ PROVIDER_ALIASES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvide
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 # Bodies above this size are parsed in a worker thread, off the event loop.
 LARGE_BODY_BYTES = 256 * 1024
+# The ONNX metadata key holding the class labels (a JSON list), as export.onnx writes it.
+LABELS_KEY = "labels"
+
+
+def server_version() -> str:
+    """The installed pycnn distribution's version, read without importing pycnn (and torch)."""
+    try:
+        return importlib.metadata.version("pycnn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (pycnn is not installed)"
 
 
 class ServeError(Exception):
@@ -80,6 +93,7 @@ class ServedModel:
     session: onnxruntime.InferenceSession
     input: TensorSpec
     outputs: List[TensorSpec]
+    labels: Optional[List[str]] = None  # one per class of the first output, when the model carries them
     batcher: Optional[DynamicBatcher] = None
 
     @property
@@ -115,7 +129,7 @@ class ServedModel:
 
 
 def _spec(node, path: str) -> TensorSpec:
-    datatype = _protocol.ONNX_TYPES.get(node.type)
+    datatype = protocol.ONNX_TYPES.get(node.type)
     if datatype is None:
         raise ServeError(f"{path}: tensor '{node.name}' has type {node.type}, which the protocol cannot carry")
     # Symbolic dimensions (the dynamic batch, "batch") are -1 in the protocol.
@@ -166,7 +180,27 @@ def load_model(path: str, providers: List[str], threads: int) -> ServedModel:
         raise ServeError(f"{path}: input '{spec.name}' is {spec.datatype} {list(spec.shape)}; export.serve "
                          "serves FP32 image batches (N, C, H, W) with fixed C, H and W")
     name = os.path.splitext(os.path.basename(path))[0]
-    return ServedModel(name, path, session, spec, [_spec(node, path) for node in outputs])
+    output_specs = [_spec(node, path) for node in outputs]
+    labels = _labels(session, path, output_specs[0])
+    return ServedModel(name, path, session, spec, output_specs, labels)
+
+
+def _labels(session: onnxruntime.InferenceSession, path: str, output: TensorSpec) -> Optional[List[str]]:
+    """The class labels of the model's "labels" metadata, checked against its first output; None without."""
+    text = session.get_modelmeta().custom_metadata_map.get(LABELS_KEY)
+    if text is None:
+        return None
+    try:
+        labels = json.loads(text)
+    except ValueError:
+        labels = None
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ServeError(f"{path}: the '{LABELS_KEY}' metadata is not a JSON list of strings")
+    classes = output.shape[-1]
+    if classes != -1 and len(labels) != classes:
+        raise ServeError(f"{path}: the '{LABELS_KEY}' metadata names {len(labels)} classes, but output "
+                         f"'{output.name}' has {classes}")
+    return labels
 
 
 def load_models(paths: Sequence[str], providers: List[str], threads: int) -> Dict[str, ServedModel]:
@@ -302,7 +336,7 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
             model.batcher = DynamicBatcher(model.run, limit, batch_timeout_ms / 1000, model.name,
                                            metrics.observe_batch(model.name))
             await model.batcher.start()
-        # Everything loaded so far (torch, onnxruntime, the sessions) lives as long
+        # Everything loaded so far (onnxruntime, the sessions, the web stack) lives as long
         # as the server: out of the collector's sight, full collections stay short
         # instead of pausing every request in flight for tens of milliseconds.
         gc.freeze()
@@ -312,7 +346,8 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
         for model in models.values():
             await model.batcher.stop()
 
-    app = FastAPI(title="pycnn model server", version=pycnn.__version__, lifespan=lifespan,
+    version = server_version()
+    app = FastAPI(title="pycnn model server", version=version, lifespan=lifespan,
                   summary="KServe v2 / Triton inference protocol over onnxruntime")
     app.state.ready = False
     app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=max_body_bytes,
@@ -362,7 +397,7 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
 
     @app.get("/v2", tags=["metadata"])
     async def server_metadata():
-        return {"name": "pycnn", "version": pycnn.__version__,
+        return {"name": "pycnn", "version": version,
                 "extensions": ["binary_tensor_data", "classify", "metrics"]}
 
     @app.get("/v2/models/{name}", tags=["metadata"])
@@ -389,14 +424,14 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
         model = served(name, version)
         body = await request.body()
         parse = (model.name, [model.input], model.outputs)
-        header_length = request.headers.get(_protocol.HEADER_LENGTH)
+        header_length = request.headers.get(protocol.HEADER_LENGTH)
         if len(body) > LARGE_BODY_BYTES:
-            parsed = await run_in_threadpool(_protocol.parse_infer_request, body, header_length, *parse)
+            parsed = await run_in_threadpool(protocol.parse_infer_request, body, header_length, *parse)
         else:
-            parsed = _protocol.parse_infer_request(body, header_length, *parse)
+            parsed = protocol.parse_infer_request(body, header_length, *parse)
         outputs = await run_rows(model, parsed.inputs[model.input.name])
         results = {spec.name: output for spec, output in zip(model.outputs, outputs)}
-        content, headers = _protocol.infer_response(model.name, MODEL_VERSION, parsed, results, model.output_specs)
+        content, headers = protocol.infer_response(model.name, MODEL_VERSION, parsed, results, model.output_specs)
         return Response(content, headers=headers)
 
     @app.post("/v2/models/{name}/classify", tags=["inference"],
@@ -408,14 +443,12 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
     async def classify(name: str, request: Request,
                        top_k: int = Query(3, ge=1, description="how many classes to return")):
         """An image file (PNG or JPEG, any size, colour or grey; the body, or a
-        multipart 'file' field) -> the top-k Fashion-MNIST classes with probabilities."""
+        multipart 'file' field) -> the top-k classes with probabilities (and the
+        model's labels for them; "label" is null for a model without labels)."""
         model = served(name)
         channels, height, width = model.input.shape[1:]
         if channels != 1:
             raise ProtocolError(f"model {name!r} takes {channels}-channel images; classify feeds grey (1-channel) ones")
-        classes = model.outputs[0].shape[-1]
-        if classes != len(CLASSES):
-            raise ProtocolError(f"model {name!r} has {classes} outputs, not the {len(CLASSES)} Fashion-MNIST classes")
         data = await _image_bytes(request)
         rows = await run_in_threadpool(image_to_input, data, (height, width))
         if model.fixed_batch is not None:  # pad with blank images up to the exported batch
@@ -425,7 +458,8 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
         probabilities /= probabilities.sum()
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         return {"model_name": name, "predictions": [
-            {"label": CLASSES[i], "index": int(i), "probability": float(probabilities[i])} for i in order]}
+            {"label": model.labels[i] if model.labels else None, "index": int(i),
+             "probability": float(probabilities[i])} for i in order]}
 
     @app.get("/metrics", tags=["metrics"])
     async def prometheus_metrics():
@@ -509,7 +543,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
-    torch.set_num_threads(1)  # only classify's resize uses torch; leave the cores to onnxruntime
     for model in models.values():
         output = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in model.outputs)
         log.info("model %s: %s on %s; input %s %s -> %s", model.name, model.path,

@@ -1,17 +1,32 @@
-"""pycnn's forward operators written as standard ONNX operators (onnxscript).
+"""pycnn's forward operators as standard ONNX, for exporting your own models.
 
-Each function translates one ``torch.ops.pycnn.*`` forward operator for the
-torch.export-based ONNX exporter (``custom_translation_table``). Its parameters
-are named and ordered exactly as the operator's schema in csrc/pycnn.cpp; tensor
-parameters are annotated with ONNX tensor types, attributes with Python types.
-The functions are plain Python ("trace-only"): the exporter calls them with the
-graph's values and records the ONNX nodes they emit, so the graph stays flat (no
-ONNX functions, only the default ONNX domain) and runs on stock onnxruntime.
+A model built from :mod:`pycnn.nn` layers (or :mod:`pycnn.functional` calls)
+exports to a standard ONNX file, with no custom domain and no operator library
+to load, by passing this module's translation table to PyTorch's
+torch.export-based exporter::
 
-The exported models are in eval mode, so only the inference forms are needed:
+    import torch, pycnn.nn, pycnn.onnx
+
+    model = torch.nn.Sequential(pycnn.nn.Conv2d(1, 8, 3, padding=1), pycnn.nn.BatchNorm2d(8),
+                                torch.nn.ReLU(), pycnn.nn.MaxPool2d(2), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 14 * 14, 10)).eval()
+    torch.onnx.export(model, (torch.rand(1, 1, 28, 28),), "model.onnx", dynamo=True,
+                      custom_translation_table=pycnn.onnx.translation_table())
+
+Each function below translates one ``torch.ops.pycnn.*`` forward operator. Its
+parameters are named and ordered exactly as the operator's schema in
+csrc/pycnn.cpp; tensor parameters are annotated with ONNX tensor types,
+attributes with Python types. The functions are plain Python ("trace-only",
+onnxscript): the exporter calls them with the graph's values and records the
+ONNX nodes they emit, so the graph stays flat (no ONNX functions, only the
+default ONNX domain) and runs on stock onnxruntime, TensorRT or Triton.
+
+Exported models are in eval mode, so only the inference forms are translated:
 batch_norm with its running statistics (BatchNormalization in inference mode);
-max_pool2d's indices are produced (as PyTorch numbers them) but are dead in an
-eval model and removed by the exporter's optimiser.
+max_pool2d's indices are produced (numbered as PyTorch numbers them) but are
+dead in an eval model and removed by the exporter's optimiser. A call that
+standard ONNX cannot express exactly raises :class:`UnsupportedExport`, naming
+the argument and what would export instead.
 """
 from typing import Optional, Sequence
 
@@ -171,9 +186,8 @@ def batch_norm(
 
 
 def translation_table() -> dict:
-    """{torch.ops.pycnn.<op>.default: translation} for every forward operator."""
-    import pycnn  # noqa: F401  (registers torch.ops.pycnn)
-
+    """{torch.ops.pycnn.<op>.default: translation} for every forward operator:
+    the ``custom_translation_table`` of ``torch.onnx.export(..., dynamo=True)``."""
     ops = torch.ops.pycnn
     return {
         ops.corr2d.default: corr2d,
@@ -182,3 +196,7 @@ def translation_table() -> dict:
         ops.adaptive_avg_pool2d.default: adaptive_avg_pool2d,
         ops.batch_norm.default: batch_norm,
     }
+
+
+__all__ = ["UnsupportedExport", "translation_table", "corr2d", "max_pool2d", "avg_pool2d",
+           "adaptive_avg_pool2d", "batch_norm"]

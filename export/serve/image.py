@@ -1,5 +1,6 @@
 """An image file -> a model input, the way training prepares Fashion-MNIST
-(export.serve's classify endpoint).
+(the server's classify endpoint), with numpy and Pillow only: the server
+process imports neither torch nor pycnn.
 
     x = image_to_input(png_bytes, (28, 28))    # float32 (1, 1, 28, 28) in [0, 1]
 
@@ -8,9 +9,13 @@ a Fashion-MNIST-like picture first: turned upright (EXIF orientation), alpha
 composited onto black, converted to grey (ITU-R 601-2 luma; 16-bit grey scaled
 to 8 bits), padded to a square
 with black, and resized to 28x28 with Pillow's antialiased bilinear filter.
-From there it is exactly the training transform, pycnn.data.prepare_images:
-scaled to [0, 1] and resized bilinearly to the model's input size. A 28x28 grey
-PNG of a test image therefore gives the very tensor the model saw in testing.
+From there it is the training transform, pycnn.data.prepare_images: scaled to
+[0, 1] and resized bilinearly (align_corners=False, no antialiasing, as
+torch.nn.functional.interpolate) to the model's input size. A 28x28 grey PNG
+of a test image therefore gives the very tensor the model saw in testing: the
+same bits at 28x28; resized, the same interpolation weights, bit for bit, and
+values that can differ from torch's in the last bit or two (torch's CPU kernel
+fuses its multiply-adds differently on each instruction set).
 
 Fashion-MNIST garments are light on a black background; a photo of a dark
 garment on white should be inverted before it is sent.
@@ -21,11 +26,12 @@ import io
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from export._protocol import ProtocolError
-from pycnn.data import IMAGE_HW, prepare_images
+from export.serve.protocol import ProtocolError
+
+# Fashion-MNIST's image size (pycnn.data.IMAGE_HW; a test keeps the two equal).
+IMAGE_HW = (28, 28)
 
 # Refuse decompression bombs well before Pillow's own limit (about 179M pixels).
 MAX_PIXELS = 50_000_000
@@ -72,7 +78,38 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     return np.asarray(grey, dtype=np.uint8)
 
 
+def bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
+    """float32 (size_out, size_in): row i holds the two weights with which
+    output pixel i mixes its input neighbours (align_corners=False).
+
+    The source coordinate is scale * (i + 0.5) - 0.5 in float32, rounded once
+    (float64 holds the exact product), as torch's kernel computes it with one
+    fused multiply-add; clamped at 0 on the left, repeated at the right edge.
+    """
+    scale = np.float32(size_in) / np.float32(size_out)
+    source = (np.float64(scale) * (np.arange(size_out) + 0.5) - 0.5).astype(np.float32)
+    source = np.maximum(source, np.float32(0))
+    left = source.astype(np.int64)
+    right = np.minimum(left + 1, size_in - 1)
+    right_weight = source - left.astype(np.float32)
+    weights = np.zeros((size_out, size_in), np.float32)
+    rows = np.arange(size_out)
+    weights[rows, left] = np.float32(1) - right_weight
+    weights[rows, right] += right_weight  # at the right edge both are the same pixel
+    return weights
+
+
+def resize_bilinear(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """float32 (H, W) -> (size[0], size[1]), bilinear, clamped to [0, 1]."""
+    height, width = image.shape
+    if (height, width) == tuple(size):
+        return image
+    rows = bilinear_weights(height, size[0])
+    columns = bilinear_weights(width, size[1])
+    return np.clip(rows @ image @ columns.T, 0.0, 1.0)
+
+
 def image_to_input(data: bytes, size: Sequence[int]) -> np.ndarray:
     """float32 (1, 1, H, W) for a model whose input is 1 x H x W."""
-    pixels = torch.from_numpy(to_fashion_mnist(decode(data)).copy())[None, None]
-    return prepare_images(pixels, tuple(size)).numpy()
+    pixels = to_fashion_mnist(decode(data)).astype(np.float32) / np.float32(255)
+    return resize_bilinear(pixels, tuple(size))[None, None].astype(np.float32, copy=False)
