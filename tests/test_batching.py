@@ -1,13 +1,15 @@
 """export.serve.batching.DynamicBatcher on its own (no server, no onnxruntime): every
 caller gets exactly its rows back, batches respect max_batch, requests are never
-split, errors reach every caller of the batch, and max_batch 1 turns it off."""
+split, errors reach every caller of the batch, max_batch 1 turns it off, a
+full queue refuses at once and a request that waits too long times out."""
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from export.serve.batching import DynamicBatcher
+from export.serve.batching import DynamicBatcher, Overloaded, Timing, WaitTimeout
 
 
 class RecordingModel:
@@ -148,3 +150,85 @@ def test_stop_fails_waiting_requests_and_refuses_new_ones():
 def test_rejects_bad_settings(max_batch, timeout_s):
     with pytest.raises(ValueError):
         DynamicBatcher(RecordingModel(), max_batch, timeout_s)
+
+
+def test_a_full_queue_refuses_at_once_and_the_accepted_are_all_answered():
+    """max_queue requests may wait while a batch runs; one more is refused at
+    once with Overloaded; every accepted request is answered."""
+    model = RecordingModel()
+    model.gate.clear()  # the first run blocks until the gate opens
+
+    async def scenario():
+        batcher = DynamicBatcher(model, 1, 0.0, max_queue=3)
+        await batcher.start()
+        try:
+            running = asyncio.create_task(batcher.infer(rows(0, 1)))
+            await asyncio.sleep(0.05)  # taken by the worker: running, not waiting
+            queued = [asyncio.create_task(batcher.infer(rows(10 * i, 1))) for i in range(1, 4)]
+            await asyncio.sleep(0.05)
+            assert batcher.waiting == 3
+            started = time.perf_counter()
+            with pytest.raises(Overloaded, match="3 requests waiting"):
+                await batcher.infer(rows(99, 1))
+            refused_in = time.perf_counter() - started
+            model.gate.set()
+            answers = await asyncio.gather(running, *queued)
+            after = await batcher.infer(rows(7, 1))  # room again
+            return refused_in, answers, after
+        finally:
+            await batcher.stop()
+
+    refused_in, answers, after = asyncio.run(scenario())
+    assert refused_in < 0.5  # at once, not after the blocked run
+    for i, (doubled, _) in enumerate(answers):
+        np.testing.assert_array_equal(doubled, rows(10 * i, 1) * 2)
+    np.testing.assert_array_equal(after[0], rows(7, 1) * 2)
+    assert model.batches == [1] * 5  # the refused request never ran
+
+
+def test_a_request_that_waits_too_long_times_out_and_never_runs():
+    model = RecordingModel()
+    model.gate.clear()
+
+    async def scenario():
+        batcher = DynamicBatcher(model, 1, 0.0)
+        await batcher.start()
+        try:
+            timing = Timing()
+            running = asyncio.create_task(batcher.infer(rows(0, 1), 0.05, timing))  # runs at once: no timeout
+            await asyncio.sleep(0.02)
+            with pytest.raises(WaitTimeout, match="waited 50 ms"):
+                await batcher.infer(rows(50, 1), 0.05)
+            await asyncio.sleep(0.1)  # the running request outlives its timeout: still answered
+            model.gate.set()
+            return await running, timing
+        finally:
+            await batcher.stop()
+
+    (doubled, _), timing = asyncio.run(scenario())
+    np.testing.assert_array_equal(doubled, rows(0, 1) * 2)
+    assert model.batches == [1]  # the timed-out request was dropped, not run
+    assert timing.batch_rows == 1 and timing.compute_infer >= 0.1 and timing.queue < 0.05
+
+
+def test_execution_timings_add_up():
+    model = RecordingModel()
+    executions = []
+
+    async def send(batcher):
+        timings = [Timing() for _ in range(6)]
+        await asyncio.gather(*(batcher.infer(rows(i, 2), None, t) for i, t in enumerate(timings)))
+        return timings
+
+    async def scenario():
+        batcher = DynamicBatcher(model, 4, 0.01, on_execution=executions.append)
+        await batcher.start()
+        try:
+            return await send(batcher)
+        finally:
+            await batcher.stop()
+
+    timings = asyncio.run(scenario())
+    assert [e.batch_rows for e in executions] == model.batches and sum(model.batches) == 12
+    assert sorted({t.batch_rows for t in timings}) == sorted(set(model.batches))
+    assert all(t.queue >= 0 and t.compute_infer > 0 for t in timings + executions)

@@ -25,8 +25,8 @@ import torch
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
 Image = pytest.importorskip("PIL.Image")
 
 import onnx  # noqa: E402
@@ -239,6 +239,85 @@ def test_tritons_own_client(server, direct, binary):
                           request_id="triton-1")
     np.testing.assert_allclose(result.as_numpy("logits"), direct["lenet_bn"](x), rtol=1e-5, atol=1e-5)
     assert result.get_response()["id"] == "triton-1"
+    client.close()
+
+
+def expected_classification(logits, count, labels=CLASSES):
+    """Triton's "score:index:label" strings of a direct run's top `count`."""
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :count]
+    return [[f"{float(row[i]):f}:{i}:{labels[i]}" for i in picks] for row, picks in zip(logits, order)]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_classification_extension(server, direct, binary):
+    """"parameters": {"classification": K} on an output: Triton's strings of the
+    top K scores with the model's labels, over JSON, raw BYTES and tritonclient."""
+    x = random_input(4, seed=8)
+    expected = expected_classification(direct["lenet_bn"](x), 3)
+    body = infer_body(x, outputs=[{"name": "logits", "parameters": {"classification": 3, "binary_data": binary}}])
+    response = server.client.post(INFER, json=body)
+    assert response.status_code == 200, response.text
+    if binary:
+        length = int(response.headers["inference-header-content-length"])
+        header, raw = json.loads(response.content[:length]), response.content[length:]
+        output = header["outputs"][0]
+        assert output["parameters"]["binary_data_size"] == len(raw)
+        strings, offset = [], 0
+        while offset < len(raw):  # 4-byte little-endian length, then the bytes
+            size = int.from_bytes(raw[offset:offset + 4], "little")
+            strings.append(raw[offset + 4:offset + 4 + size].decode())
+            offset += 4 + size
+    else:
+        output = response.json()["outputs"][0]
+        strings = output["data"]
+    assert output["datatype"] == "BYTES" and output["shape"] == [4, 3]
+    assert np.array(strings).reshape(4, 3).tolist() == expected
+
+    triton = pytest.importorskip("tritonclient.http")
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    result = client.infer("lenet_bn", [tensor], outputs=[
+        triton.InferRequestedOutput("logits", binary_data=binary, class_count=10)])
+    got = [[v.decode() if isinstance(v, bytes) else v for v in row] for row in result.as_numpy("logits").tolist()]
+    assert got == expected_classification(direct["lenet_bn"](x), 10)
+    client.close()
+    # More classes than the model has: all of them, as Triton does.
+    many = server.client.post(INFER, json=infer_body(x, outputs=[{"name": "logits", "parameters": {"classification": 99}}]))
+    assert many.json()["outputs"][0]["shape"] == [4, 10]
+
+
+def test_statistics_add_up_to_the_requests_sent(server):
+    """Triton's statistics extension: the deltas of success and inference counts
+    equal what was sent; executions by batch size add up to the runs; over
+    plain HTTP and tritonclient."""
+    def stats():
+        return server.client.get("/v2/models/lenet_bn/stats").json()["model_stats"][0]
+
+    before = stats()
+    sizes = [1, 3, 2, 5, 1, 4]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        responses = list(pool.map(lambda n: server.client.post(INFER, json=infer_body(random_input(n, seed=n))), sizes))
+    assert all(r.status_code == 200 for r in responses)
+    after = stats()
+    assert after["name"] == "lenet_bn" and after["version"] == "1" and after["last_inference"] > 0
+    success = after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+    assert success == len(sizes)
+    assert after["inference_count"] - before["inference_count"] == sum(sizes)
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert after["inference_stats"][phase]["count"] - before["inference_stats"][phase]["count"] == len(sizes)
+    assert after["inference_stats"]["success"]["ns"] > before["inference_stats"]["success"]["ns"]
+    runs = sum(b["compute_infer"]["count"] for b in after["batch_stats"])
+    assert runs == after["execution_count"]
+    assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in after["batch_stats"]) >= after["inference_count"]
+    every = server.client.get("/v2/models/stats").json()["model_stats"]
+    assert sorted(m["name"] for m in every) == ["lenet_bn", "lenet_fixed"]
+    assert server.client.get("/v2/models/lenet_bn/versions/1/stats").status_code == 200
+    assert server.client.get("/v2/models/vgg99/stats").status_code == 404
+
+    triton = pytest.importorskip("tritonclient.http")
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.get_inference_statistics("lenet_bn")["model_stats"][0]["inference_count"] == after["inference_count"]
     client.close()
 
 
@@ -506,6 +585,61 @@ def test_onnxruntime_without_cuda_serves_on_cpu_with_one_warning(monkeypatch, ca
         assert app.resolve_providers(["cuda", "cpu"]) == ["CPUExecutionProvider"]
     assert [r.getMessage() for r in caplog.records] == [
         "this onnxruntime has no CUDAExecutionProvider; serving on the others (CPUExecutionProvider)"]
+
+
+def binary_infer(client, x, path=INFER):
+    raw = x.astype("<f4").tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return client.post(path, content=header + raw, headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+def test_overload_is_refused_quickly_and_service_resumes(onnx_files, tmp_path, direct):
+    """Far beyond capacity: every request gets 200, or 503 with Retry-After at
+    once (the queue is full), or 504 (it waited too long); never a 500; the
+    503s and 504s are counted as failures; afterwards the server serves normally."""
+    server = Server(str(tmp_path), onnx_files["lenet_bn"], "--max-batch", "1", "--max-queue", "2",
+                    "--request-timeout-ms", "200", "--threads", "1")
+    try:
+        x = random_input(512, seed=11)
+        answers = []
+
+        def send(_):
+            started = time.perf_counter()
+            response = binary_infer(server.client, x)
+            answers.append((response.status_code, time.perf_counter() - started, response.headers, response.text))
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            list(pool.map(send, range(96)))
+        codes = [code for code, *_ in answers]
+        assert set(codes) <= {200, 503, 504}, [text for code, _, _, text in answers if code not in (200, 503, 504)]
+        assert codes.count(200) >= 3 and codes.count(503) >= 1, codes
+        for code, seconds, headers, text in answers:
+            if code == 503:
+                assert headers["retry-after"] == "1" and "--max-queue" in text
+            if code == 504:
+                assert "--request-timeout-ms" in text
+        stats = server.client.get("/v2/models/lenet_bn/stats").json()["model_stats"][0]["inference_stats"]
+        assert stats["success"]["count"] == codes.count(200)
+        assert stats["fail"]["count"] == codes.count(503) + codes.count(504)
+        assert metric(server, "pycnn_serve_errors_total", endpoint="infer", model="lenet_bn", code="503") == codes.count(503)
+        small = random_input(2, seed=12)
+        np.testing.assert_allclose(logits_of(server.client.post(INFER, json=infer_body(small))),
+                                   direct["lenet_bn"](small), rtol=1e-5, atol=1e-6)
+    finally:
+        server.stop()
+
+
+def test_readiness_turns_false_when_the_drain_starts(onnx_files):
+    from export.serve import app as serve_app
+
+    models = serve_app.load_models([onnx_files["lenet_bn"]], ["CPUExecutionProvider"], 1)
+    application = serve_app.create_app(models)
+    application.state.ready = True
+    server = serve_app.DrainingServer(uvicorn.Config(application), application)
+    server.handle_exit(signal.SIGTERM, None)
+    assert application.state.ready is False and server.should_exit
 
 
 def _serve_cli(*args):

@@ -2,7 +2,8 @@
 
     python -m export.serve exports/lenet_bn.onnx [exports/resnet18.onnx ...]
         [--host 127.0.0.1] [--port 8000] [--providers cuda,cpu] [--threads N]
-        [--max-batch 32] [--batch-timeout-ms 0] [--max-body-mb 16]
+        [--max-batch 32] [--batch-timeout-ms 0] [--max-queue 512] [--request-timeout-ms 0]
+        [--max-body-mb 16]
 
 Each file is served under its stem (exports/resnet18.onnx -> resnet18):
 
@@ -13,6 +14,7 @@ Each file is served under its stem (exports/resnet18.onnx -> resnet18):
     GET  /v2/models/NAME/config                 Triton's model configuration (max_batch_size, dims)
     POST /v2/models/NAME/infer                  KServe v2 inference (JSON or Triton's binary tensors)
     POST /v2/models/NAME/classify?top_k=3       an image file -> the top-k classes (labels from the model)
+    GET  /v2/models/stats, /v2/models/NAME/stats    Triton's statistics (statistics.py)
     GET  /metrics                               Prometheus metrics
     (/v2/models/NAME/versions/1/... works too: each model has one version, "1")
 
@@ -21,6 +23,11 @@ are gathered into one onnxruntime run (batching.py) of up to
 --max-batch rows: the requests that arrived while the previous run was busy,
 plus those arriving within --batch-timeout-ms of the first (default 0: no
 waiting, which keeps a lone request fast); --max-batch 1 turns batching off.
+Overload is shed, not queued: beyond --max-queue waiting requests per model a
+request is refused at once with 503 and Retry-After, and one that waits more
+than --request-timeout-ms for its run gets 504; an accepted request that runs
+is always answered. An infer request may ask for Triton's classification of an
+output ("parameters": {"classification": K}: "score:index:label" strings).
 Bad requests get a 4xx answer {"error": "..."} naming the problem
 (protocol.py); the server keeps serving. SIGTERM or Ctrl-C stop it gracefully:
 it stops accepting connections, finishes the requests in flight, then exits.
@@ -45,6 +52,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import onnxruntime
+import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -54,9 +62,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from export.serve import protocol
-from export.serve.batching import DynamicBatcher
+from export.serve.batching import DynamicBatcher, Overloaded, ShuttingDown, Timing, WaitTimeout
 from export.serve.image import image_to_input
 from export.serve.protocol import ProtocolError, TensorSpec
+from export.serve.statistics import ModelStatistics, statistics_response
 
 log = logging.getLogger("export.serve")
 
@@ -95,6 +104,11 @@ class ServedModel:
     outputs: List[TensorSpec]
     labels: Optional[List[str]] = None  # one per class of the first output, when the model carries them
     batcher: Optional[DynamicBatcher] = None
+    statistics: ModelStatistics = None
+
+    def __post_init__(self):
+        if self.statistics is None:
+            self.statistics = ModelStatistics(self.name, MODEL_VERSION)
 
     @property
     def fixed_batch(self) -> Optional[int]:
@@ -323,10 +337,15 @@ def too_large_response(limit: int) -> JSONResponse:
 # --- the application ----------------------------------------------------------
 
 def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_timeout_ms: float = 0.0,
-               max_body_mb: float = 16.0) -> FastAPI:
-    """The FastAPI application serving `models` (name -> ServedModel)."""
+               max_body_mb: float = 16.0, max_queue: int = 512, request_timeout_ms: float = 0.0) -> FastAPI:
+    """The FastAPI application serving `models` (name -> ServedModel).
+
+    max_queue: requests waiting per model before one more is refused with 503
+    (0: unbounded); request_timeout_ms: longest wait for a run before 504 (0: none).
+    """
     metrics = Metrics()
     max_body_bytes = int(max_body_mb * 2**20)
+    wait_timeout_s = request_timeout_ms / 1000 if request_timeout_ms > 0 else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -334,7 +353,8 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
             # A fixed-batch model can only run the batches it was exported with.
             limit = model.fixed_batch or max_batch
             model.batcher = DynamicBatcher(model.run, limit, batch_timeout_ms / 1000, model.name,
-                                           metrics.observe_batch(model.name))
+                                           metrics.observe_batch(model.name), max_queue=max_queue,
+                                           on_execution=model.statistics.record_execution)
             await model.batcher.start()
         # Everything loaded so far (onnxruntime, the sessions, the web stack) lives as long
         # as the server: out of the collector's sight, full collections stay short
@@ -355,7 +375,9 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, error: ProtocolError):
-        return error_response(error.status, error.message)
+        response = error_response(error.status, error.message)
+        response.headers.update(error.headers or {})
+        return response
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, error: BodyTooLarge):
@@ -380,12 +402,21 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
         return model
 
     async def run_rows(model: ServedModel, rows: np.ndarray) -> List[np.ndarray]:
+        """The model's outputs for `rows`, through its batcher; statistics and
+        the overload answers (503 with Retry-After, 504) on the way."""
+        started = time.perf_counter()
+        timing = Timing()
         try:
-            return await model.batcher.infer(rows)
-        except RuntimeError as error:
-            raise ProtocolError(f"inference failed: {error}", 503 if "shutting down" in str(error) else 500) from None
-        except Exception as error:  # noqa: BLE001 -- onnxruntime's errors
+            outputs = await model.batcher.infer(rows, wait_timeout_s, timing)
+        except Exception as error:  # noqa: BLE001 -- every failure is counted, then answered
+            model.statistics.record_failure(time.perf_counter() - started)
+            if isinstance(error, (Overloaded, ShuttingDown)):
+                raise ProtocolError(str(error), 503, {"Retry-After": "1"}) from None
+            if isinstance(error, WaitTimeout):
+                raise ProtocolError(str(error), 504) from None
             raise ProtocolError(f"inference failed: {str(error).strip().splitlines()[0]}", 500) from None
+        model.statistics.record_success(len(rows), timing, time.perf_counter() - started)
+        return outputs
 
     @app.get("/v2/health/live", tags=["health"])
     async def live():
@@ -398,7 +429,17 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
     @app.get("/v2", tags=["metadata"])
     async def server_metadata():
         return {"name": "pycnn", "version": version,
-                "extensions": ["binary_tensor_data", "classify", "metrics"]}
+                "extensions": ["binary_tensor_data", "classification", "statistics", "classify", "metrics"]}
+
+    # Before /v2/models/{name}, which would take "stats" for a model's name.
+    @app.get("/v2/models/stats", tags=["statistics"])
+    async def all_statistics():
+        return statistics_response([model.statistics for model in models.values()])
+
+    @app.get("/v2/models/{name}/stats", tags=["statistics"])
+    @app.get("/v2/models/{name}/versions/{version}/stats", tags=["statistics"])
+    async def model_statistics(name: str, version: Optional[str] = None):
+        return statistics_response([served(name, version).statistics])
 
     @app.get("/v2/models/{name}", tags=["metadata"])
     @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"])
@@ -431,6 +472,9 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
             parsed = protocol.parse_infer_request(body, header_length, *parse)
         outputs = await run_rows(model, parsed.inputs[model.input.name])
         results = {spec.name: output for spec, output in zip(model.outputs, outputs)}
+        for output_name, count in parsed.classification.items():
+            labels = model.labels if output_name == model.outputs[0].name else None
+            results[output_name] = protocol.classification_strings(results[output_name], count, labels)
         content, headers = protocol.infer_response(model.name, MODEL_VERSION, parsed, results, model.output_specs)
         return Response(content, headers=headers)
 
@@ -488,6 +532,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -519,6 +570,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-timeout-ms", type=_non_negative_float, default=0.0,
                         help="dynamic batching: longest wait for more requests after the first (default 0: "
                              "take what is waiting, no more)")
+    parser.add_argument("--max-queue", type=_non_negative_int, default=512,
+                        help="overload: most requests waiting per model; one more gets 503 with Retry-After at once "
+                             "(default 512; 0: unbounded)")
+    parser.add_argument("--request-timeout-ms", type=_non_negative_float, default=0.0,
+                        help="overload: longest wait for a run; a request waiting longer gets 504 (default 0: none)")
     parser.add_argument("--max-body-mb", type=_positive_float, default=16.0,
                         help="largest request body in MiB; larger ones get 413 (default 16)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -526,9 +582,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose readiness turns false as soon as SIGTERM (or
+    Ctrl-C) starts the drain, not only once the requests in flight are done."""
 
+    def __init__(self, config: uvicorn.Config, app: FastAPI):
+        super().__init__(config)
+        self.served_app = app
+
+    def handle_exit(self, sig, frame):
+        self.served_app.state.ready = False
+        super().handle_exit(sig, frame)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)-9s %(message)s", level=args.log_level.upper())
     # onnxruntime logs a failed CUDA provider as an error per session; load_models says it once.
@@ -553,9 +620,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     else:
         log.info("dynamic batching off (--max-batch 1)")
     app = create_app(models, max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms,
-                     max_body_mb=args.max_body_mb)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=30)
+                     max_body_mb=args.max_body_mb, max_queue=args.max_queue,
+                     request_timeout_ms=args.request_timeout_ms)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            access_log=args.access_log, timeout_graceful_shutdown=30)
+    DrainingServer(config, app).run()
+
+
 
 
 if __name__ == "__main__":

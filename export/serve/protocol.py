@@ -47,12 +47,14 @@ ONNX_TYPES = {f"tensor({name})": datatype for name, datatype in (
 
 
 class ProtocolError(Exception):
-    """A request the server cannot accept; answered as {"error": message} with `status`."""
+    """A request the server cannot accept; answered as {"error": message} with
+    `status` (and `headers`, e.g. Retry-After on a 503)."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, headers: Optional[Dict[str, str]] = None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.headers = headers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +75,14 @@ class TensorSpec:
 @dataclasses.dataclass
 class InferRequest:
     """A parsed infer request: its id, one array per model input, the outputs to
-    return (all when the request names none) and which of them go back raw."""
+    return (all when the request names none), which of them go back raw, and
+    which as Triton's classification (output name -> how many classes)."""
 
     id: Optional[str]
     inputs: Dict[str, np.ndarray]
     outputs: List[str]
     binary_outputs: set
+    classification: Dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -210,20 +214,21 @@ def parse_infer_request(body: bytes, header_length: Optional[str], model_name: s
     absent = [spec.name for spec in inputs if spec.name not in arrays]
     _require(not absent, f"the request lacks input(s) {', '.join(repr(n) for n in absent)}")
 
-    requested, binary_outputs = _requested_outputs(request, outputs)
-    return InferRequest(request_id, arrays, requested, binary_outputs)
+    requested, binary_outputs, classification = _requested_outputs(request, outputs)
+    return InferRequest(request_id, arrays, requested, binary_outputs, classification)
 
 
-def _requested_outputs(request: dict, outputs: Sequence[TensorSpec]) -> Tuple[List[str], set]:
+def _requested_outputs(request: dict, outputs: Sequence[TensorSpec]) -> Tuple[List[str], set, Dict[str, int]]:
     known = [spec.name for spec in outputs]
+    by_name = {spec.name: spec for spec in outputs}
     parameters = request.get("parameters") or {}
     _require(isinstance(parameters, dict), "'parameters' must be an object")
     all_binary = parameters.get("binary_data_output", False) is True
     wanted = request.get("outputs")
     if wanted is None:
-        return known, set(known) if all_binary else set()
+        return known, set(known) if all_binary else set(), {}
     _require(isinstance(wanted, list), "'outputs' must be a list of {name} objects")
-    names, binary = [], set()
+    names, binary, classification = [], set(), {}
     for index, output in enumerate(wanted):
         _require(isinstance(output, dict) and "name" in output, f"outputs[{index}] must be an object with a 'name'")
         name = output["name"]
@@ -233,7 +238,29 @@ def _requested_outputs(request: dict, outputs: Sequence[TensorSpec]) -> Tuple[Li
         _require(isinstance(output_parameters, dict), f"outputs[{index}]: 'parameters' must be an object")
         if output_parameters.get("binary_data", all_binary) is True:
             binary.add(name)
-    return names or known, binary
+        if "classification" in output_parameters:
+            count = output_parameters["classification"]
+            _require(_is_int(count) and count >= 1,
+                     f"output '{name}': 'classification' must be a positive integer (how many classes), got {count!r}")
+            _require(len(by_name[name].shape) == 2,
+                     f"output '{name}' has shape {_shape_text(by_name[name].shape)}; classification needs "
+                     "(batch, classes)")
+            classification[name] = count
+    return names or known, binary, classification
+
+
+def classification_strings(scores: np.ndarray, count: int, labels: Optional[Sequence[str]]) -> np.ndarray:
+    """Triton's classification of (N, C) scores: (N, min(count, C)) strings
+    "score:index:label" (or "score:index" without labels), highest score first
+    (ties: lower index first); the score printed as C's %f, as Triton does."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+    rows = [[f"{float(row[i]):f}:{i}" + (f":{labels[i]}" if labels else "") for i in picks]
+            for row, picks in zip(scores, order)]
+    return np.array(rows, dtype=object).reshape(len(scores), order.shape[1])
+
+
+def _bytes_elements(array: np.ndarray) -> List[bytes]:
+    return [value if isinstance(value, bytes) else str(value).encode() for value in array.ravel()]
 
 
 def infer_response(model_name: str, version: str, request: InferRequest,
@@ -246,8 +273,17 @@ def infer_response(model_name: str, version: str, request: InferRequest,
     tensors, raw = [], []
     for name in request.outputs:
         array = np.ascontiguousarray(results[name])
-        tensor = {"name": name, "datatype": specs[name].datatype, "shape": list(array.shape)}
-        if name in request.binary_outputs:
+        datatype = "BYTES" if array.dtype == object else specs[name].datatype
+        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if datatype == "BYTES":
+            elements = _bytes_elements(array)
+            if name in request.binary_outputs:  # each element: 4-byte little-endian length, then its bytes
+                data = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+                tensor["parameters"] = {"binary_data_size": len(data)}
+                raw.append(data)
+            else:
+                tensor["data"] = [e.decode("utf-8", "replace") for e in elements]
+        elif name in request.binary_outputs:
             data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             tensor["parameters"] = {"binary_data_size": len(data)}
             raw.append(data)
