@@ -70,7 +70,9 @@ class Server:
         self.log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONPATH=ROOT)
         launch = ["-c", WITHOUT_TORCH] if without_torch else ["-m", "export.serve"]
-        self.process = subprocess.Popen([sys.executable, *launch, *args, "--port", str(self.port)],
+        self.grpc_port = free_port()
+        self.process = subprocess.Popen([sys.executable, *launch, *args, "--port", str(self.port),
+                                         "--grpc-port", str(self.grpc_port)],
                                         cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=30)
         deadline = time.monotonic() + 120
@@ -634,8 +636,10 @@ def test_overload_is_refused_quickly_and_service_resumes(onnx_files, tmp_path, d
 def test_readiness_turns_false_when_the_drain_starts(onnx_files):
     from export.serve import app as serve_app
 
-    models = serve_app.load_models([onnx_files["lenet_bn"]], ["CPUExecutionProvider"], 1)
-    application = serve_app.create_app(models)
+    from export.serve.repository import ModelRepository, Settings
+
+    repository = ModelRepository.from_files([onnx_files["lenet_bn"]], Settings(["CPUExecutionProvider"], 1))
+    application = serve_app.create_app(repository)
     application.state.ready = True
     server = serve_app.DrainingServer(uvicorn.Config(application), application)
     server.handle_exit(signal.SIGTERM, None)
@@ -644,7 +648,8 @@ def test_readiness_turns_false_when_the_drain_starts(onnx_files):
 
 def _serve_cli(*args):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "export.serve", *args, "--port", str(free_port())], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "export.serve", *args, "--port", str(free_port()),
+                           "--grpc-port", str(free_port())], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
 
 

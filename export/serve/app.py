@@ -1,11 +1,15 @@
-"""Serve exported ONNX models with onnxruntime over the KServe v2 / Triton protocol.
+"""Serve exported ONNX models with onnxruntime over the KServe v2 / Triton protocol,
+HTTP and gRPC.
 
     python -m export.serve exports/lenet_bn.onnx [exports/resnet18.onnx ...]
-        [--host 127.0.0.1] [--port 8000] [--providers cuda,cpu] [--threads N]
+    python -m export.serve --model-repository DIR          # Triton's layout (export.onnx --triton-repo)
+        [--host 127.0.0.1] [--port 8000] [--grpc-port 8001] [--providers cuda,cpu] [--threads N]
         [--max-batch 32] [--batch-timeout-ms 0] [--max-queue 512] [--request-timeout-ms 0]
         [--max-body-mb 16]
 
-Each file is served under its stem (exports/resnet18.onnx -> resnet18):
+Each file is served under its stem (exports/resnet18.onnx -> resnet18), version
+"1"; a repository's models under their folder names, at the versions their
+version_policy names (repository.py). Over HTTP:
 
     GET  /v2/health/live, /v2/health/ready      liveness and readiness
     GET  /v2                                    server metadata
@@ -15,11 +19,15 @@ Each file is served under its stem (exports/resnet18.onnx -> resnet18):
     POST /v2/models/NAME/infer                  KServe v2 inference (JSON or Triton's binary tensors)
     POST /v2/models/NAME/classify?top_k=3       an image file -> the top-k classes (labels from the model)
     GET  /v2/models/stats, /v2/models/NAME/stats    Triton's statistics (statistics.py)
+    POST /v2/repository/index                   Triton's repository index
+    POST /v2/repository/models/NAME/load, /unload   (with --model-repository)
     GET  /metrics                               Prometheus metrics
-    (/v2/models/NAME/versions/1/... works too: each model has one version, "1")
+    (/v2/models/NAME/versions/V/... for one version; without it, the newest)
 
-The application is FastAPI, served by uvicorn. Concurrent requests to a model
-are gathered into one onnxruntime run (batching.py) of up to
+and the same over gRPC (Triton's inference.GRPCInferenceService,
+grpc_service.py) on --grpc-port, sharing models, batchers, statistics and
+metrics. The application is FastAPI, served by uvicorn. Concurrent requests to
+a model are gathered into one onnxruntime run (batching.py) of up to
 --max-batch rows: the requests that arrived while the previous run was busy,
 plus those arriving within --batch-timeout-ms of the first (default 0: no
 waiting, which keeps a lone request fast); --max-batch 1 turns batching off.
@@ -30,25 +38,24 @@ is always answered. An infer request may ask for Triton's classification of an
 output ("parameters": {"classification": K}: "score:index:label" strings).
 Bad requests get a 4xx answer {"error": "..."} naming the problem
 (protocol.py); the server keeps serving. SIGTERM or Ctrl-C stop it gracefully:
-it stops accepting connections, finishes the requests in flight, then exits.
+readiness turns false, it stops accepting connections, finishes the requests in
+flight, then exits.
 
-The server needs onnxruntime, the web stack, numpy and Pillow, and nothing
-else: it imports neither torch nor pycnn. The class labels come with each model
-(the "labels" metadata that python -m export.onnx writes into the file).
+The server needs onnxruntime, the web stack, numpy, Pillow and gRPC, and
+nothing else: it imports neither torch nor pycnn. The class labels come with
+each model (a repository's label file, or the "labels" metadata that
+python -m export.onnx writes into the file).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gc
 import importlib.metadata
-import json
 import logging
-import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import onnxruntime
@@ -62,22 +69,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from export.serve import protocol
-from export.serve.batching import DynamicBatcher, Overloaded, ShuttingDown, Timing, WaitTimeout
 from export.serve.image import image_to_input
-from export.serve.protocol import ProtocolError, TensorSpec
-from export.serve.statistics import ModelStatistics, statistics_response
+from export.serve.protocol import ProtocolError
+from export.serve.models import DEFAULT_PROVIDERS, ServeError, resolve_providers
+from export.serve.repository import ModelRepository, Settings
+from export.serve.statistics import statistics_response
 
 log = logging.getLogger("export.serve")
 
-MODEL_VERSION = "1"
-PROVIDER_ALIASES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider",
-                    "tensorrt": "TensorrtExecutionProvider"}
-DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 # Bodies above this size are parsed in a worker thread, off the event loop.
 LARGE_BODY_BYTES = 256 * 1024
-# The ONNX metadata key holding the class labels (a JSON list), as export.onnx writes it.
-LABELS_KEY = "labels"
-
 
 def server_version() -> str:
     """The installed pycnn distribution's version, read without importing pycnn (and torch)."""
@@ -85,152 +86,6 @@ def server_version() -> str:
         return importlib.metadata.version("pycnn")
     except importlib.metadata.PackageNotFoundError:
         return "unknown (pycnn is not installed)"
-
-
-class ServeError(Exception):
-    """A problem with the command line or a model file: one line on stderr, exit 2."""
-
-
-# --- models -------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ServedModel:
-    """One ONNX file in an onnxruntime session, with its protocol metadata."""
-
-    name: str
-    path: str
-    session: onnxruntime.InferenceSession
-    input: TensorSpec
-    outputs: List[TensorSpec]
-    labels: Optional[List[str]] = None  # one per class of the first output, when the model carries them
-    batcher: Optional[DynamicBatcher] = None
-    statistics: ModelStatistics = None
-
-    def __post_init__(self):
-        if self.statistics is None:
-            self.statistics = ModelStatistics(self.name, MODEL_VERSION)
-
-    @property
-    def fixed_batch(self) -> Optional[int]:
-        """The batch size of a model exported with a fixed batch, else None."""
-        return None if self.input.shape[0] == -1 else self.input.shape[0]
-
-    @property
-    def output_specs(self) -> Dict[str, TensorSpec]:
-        return {spec.name: spec for spec in self.outputs}
-
-    def run(self, batch: np.ndarray) -> List[np.ndarray]:
-        return self.session.run([spec.name for spec in self.outputs], {self.input.name: batch})
-
-    def metadata(self) -> dict:
-        return {"name": self.name, "versions": [MODEL_VERSION], "platform": "onnxruntime_onnx",
-                "inputs": [self.input.metadata()], "outputs": [spec.metadata() for spec in self.outputs]}
-
-    def config(self, max_batch: int, batch_timeout_ms: float) -> dict:
-        """The model's configuration in Triton's JSON form (what tritonclient's
-        get_model_config reads): dims without the batch when it is dynamic."""
-        def tensor(spec: TensorSpec) -> dict:
-            dims = list(spec.shape[1:] if self.fixed_batch is None else spec.shape)
-            data_type = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
-            return {"name": spec.name, "data_type": data_type, "dims": dims}
-
-        config = {"name": self.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
-                  "max_batch_size": 0 if self.fixed_batch else max_batch,
-                  "input": [tensor(self.input)], "output": [tensor(spec) for spec in self.outputs]}
-        if self.fixed_batch is None and max_batch > 1:
-            config["dynamic_batching"] = {"max_queue_delay_microseconds": round(batch_timeout_ms * 1000)}
-        return config
-
-
-def _spec(node, path: str) -> TensorSpec:
-    datatype = protocol.ONNX_TYPES.get(node.type)
-    if datatype is None:
-        raise ServeError(f"{path}: tensor '{node.name}' has type {node.type}, which the protocol cannot carry")
-    # Symbolic dimensions (the dynamic batch, "batch") are -1 in the protocol.
-    return TensorSpec(node.name, datatype, tuple(d if isinstance(d, int) else -1 for d in node.shape))
-
-
-def resolve_providers(names: Sequence[str]) -> List[str]:
-    """--providers (cuda, cpu or onnxruntime's full names) -> onnxruntime provider names."""
-    available = onnxruntime.get_available_providers()
-    chosen = []
-    for name in names:
-        provider = PROVIDER_ALIASES.get(name.lower(), name)
-        if provider not in available:
-            if provider in DEFAULT_PROVIDERS:  # an onnxruntime built without CUDA: CPU only
-                log.warning("this onnxruntime has no %s; serving on the others (%s)", provider, ", ".join(available))
-                continue
-            raise ServeError(f"--providers: {name!r} is not a provider of this onnxruntime "
-                             f"(available: {', '.join(available)})")
-        if provider not in chosen:
-            chosen.append(provider)
-    if not chosen:
-        raise ServeError(f"--providers: none of {', '.join(names)} is available (available: {', '.join(available)})")
-    return chosen
-
-
-def load_model(path: str, providers: List[str], threads: int) -> ServedModel:
-    """An onnxruntime session for `path`; ServeError with the reason if it cannot be served."""
-    if not os.path.isfile(path):
-        raise ServeError(f"{path}: no such file (export one with: python -m export.onnx --model NAME)")
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    # Idle intra-op threads would spin for the next run, taking the cores the
-    # event loop needs to parse the next requests.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        session = onnxruntime.InferenceSession(path, options, providers=providers)
-    except Exception as error:  # noqa: BLE001 -- onnxruntime raises several types for a bad file
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ServeError(f"{path}: onnxruntime cannot load it: {message}") from None
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1:
-        raise ServeError(f"{path}: the model has {len(inputs)} inputs; export.serve serves models with one "
-                         "input image batch (N, C, H, W)")
-    spec = _spec(inputs[0], path)
-    if len(spec.shape) != 4 or spec.datatype != "FP32" or any(d < 1 for d in spec.shape[1:]):
-        raise ServeError(f"{path}: input '{spec.name}' is {spec.datatype} {list(spec.shape)}; export.serve "
-                         "serves FP32 image batches (N, C, H, W) with fixed C, H and W")
-    name = os.path.splitext(os.path.basename(path))[0]
-    output_specs = [_spec(node, path) for node in outputs]
-    labels = _labels(session, path, output_specs[0])
-    return ServedModel(name, path, session, spec, output_specs, labels)
-
-
-def _labels(session: onnxruntime.InferenceSession, path: str, output: TensorSpec) -> Optional[List[str]]:
-    """The class labels of the model's "labels" metadata, checked against its first output; None without."""
-    text = session.get_modelmeta().custom_metadata_map.get(LABELS_KEY)
-    if text is None:
-        return None
-    try:
-        labels = json.loads(text)
-    except ValueError:
-        labels = None
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        raise ServeError(f"{path}: the '{LABELS_KEY}' metadata is not a JSON list of strings")
-    classes = output.shape[-1]
-    if classes != -1 and len(labels) != classes:
-        raise ServeError(f"{path}: the '{LABELS_KEY}' metadata names {len(labels)} classes, but output "
-                         f"'{output.name}' has {classes}")
-    return labels
-
-
-def load_models(paths: Sequence[str], providers: List[str], threads: int) -> Dict[str, ServedModel]:
-    models: Dict[str, ServedModel] = {}
-    for path in paths:
-        model = load_model(path, providers, threads)
-        if model.name in models:
-            raise ServeError(f"{path} and {models[model.name].path} would both be served as '{model.name}'; "
-                             "rename one")
-        models[model.name] = model
-    if "CUDAExecutionProvider" in providers:
-        active = {p for model in models.values() for p in model.session.get_providers()}
-        if "CUDAExecutionProvider" not in active:
-            log.warning("the CUDA execution provider is unavailable here (no GPU, or CUDA 13/cuDNN 9 "
-                        "libraries missing); serving on %s", ", ".join(sorted(active)))
-    return models
 
 
 # --- metrics ------------------------------------------------------------------
@@ -281,11 +136,11 @@ class ServingMiddleware:
     in) and the request metrics (endpoint = the route's name, model = the URL's
     model when it is served, else "")."""
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int, model_names):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, known_model):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.model_names = model_names
+        self.known_model = known_model  # name -> bool: only served names become labels
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -321,7 +176,7 @@ class ServingMiddleware:
             route = scope.get("route")
             model = (scope.get("path_params") or {}).get("name", "")
             self.metrics.observe_request(getattr(route, "name", "unmatched"),
-                                         model if model in self.model_names else "",
+                                         model if self.known_model(model) else "",
                                          status, time.perf_counter() - started)
 
 
@@ -336,26 +191,24 @@ def too_large_response(limit: int) -> JSONResponse:
 
 # --- the application ----------------------------------------------------------
 
-def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_timeout_ms: float = 0.0,
-               max_body_mb: float = 16.0, max_queue: int = 512, request_timeout_ms: float = 0.0) -> FastAPI:
-    """The FastAPI application serving `models` (name -> ServedModel).
-
-    max_queue: requests waiting per model before one more is refused with 503
-    (0: unbounded); request_timeout_ms: longest wait for a run before 504 (0: none).
-    """
+def create_app(repository: ModelRepository, *, max_body_mb: float = 16.0, grpc_port: int = 0,
+               grpc_host: str = "127.0.0.1") -> FastAPI:
+    """The FastAPI application serving the models of `repository`, and, with a
+    grpc_port, the same models over gRPC (export/serve/grpc_service.py) on the
+    same event loop: one batcher, one set of statistics and metrics for both."""
     metrics = Metrics()
+    repository.settings.on_batch = metrics.observe_batch
     max_body_bytes = int(max_body_mb * 2**20)
-    wait_timeout_s = request_timeout_ms / 1000 if request_timeout_ms > 0 else None
+    version = server_version()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        for model in models.values():
-            # A fixed-batch model can only run the batches it was exported with.
-            limit = model.fixed_batch or max_batch
-            model.batcher = DynamicBatcher(model.run, limit, batch_timeout_ms / 1000, model.name,
-                                           metrics.observe_batch(model.name), max_queue=max_queue,
-                                           on_execution=model.statistics.record_execution)
-            await model.batcher.start()
+        await repository.start()
+        grpc_server = None
+        if grpc_port:
+            from export.serve.grpc_service import start_grpc_server
+
+            grpc_server = await start_grpc_server(repository, app.state, version, grpc_host, grpc_port)
         # Everything loaded so far (onnxruntime, the sessions, the web stack) lives as long
         # as the server: out of the collector's sight, full collections stay short
         # instead of pausing every request in flight for tens of milliseconds.
@@ -363,15 +216,15 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
         app.state.ready = True
         yield
         app.state.ready = False
-        for model in models.values():
-            await model.batcher.stop()
+        if grpc_server is not None:
+            await grpc_server.stop(grace=30)  # lets the calls in flight finish
+        await repository.stop()
 
-    version = server_version()
     app = FastAPI(title="pycnn model server", version=version, lifespan=lifespan,
                   summary="KServe v2 / Triton inference protocol over onnxruntime")
     app.state.ready = False
     app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=max_body_bytes,
-                       model_names=frozenset(models))
+                       known_model=repository.known)
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, error: ProtocolError):
@@ -393,30 +246,8 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
         return error_response(400, problems)
 
-    def served(name: str, version: Optional[str] = None) -> ServedModel:
-        model = models.get(name)
-        if model is None:
-            raise ProtocolError(f"unknown model {name!r}; this server serves {', '.join(sorted(models))}", 404)
-        if version is not None and version != MODEL_VERSION:
-            raise ProtocolError(f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION}", 404)
-        return model
-
-    async def run_rows(model: ServedModel, rows: np.ndarray) -> List[np.ndarray]:
-        """The model's outputs for `rows`, through its batcher; statistics and
-        the overload answers (503 with Retry-After, 504) on the way."""
-        started = time.perf_counter()
-        timing = Timing()
-        try:
-            outputs = await model.batcher.infer(rows, wait_timeout_s, timing)
-        except Exception as error:  # noqa: BLE001 -- every failure is counted, then answered
-            model.statistics.record_failure(time.perf_counter() - started)
-            if isinstance(error, (Overloaded, ShuttingDown)):
-                raise ProtocolError(str(error), 503, {"Retry-After": "1"}) from None
-            if isinstance(error, WaitTimeout):
-                raise ProtocolError(str(error), 504) from None
-            raise ProtocolError(f"inference failed: {str(error).strip().splitlines()[0]}", 500) from None
-        model.statistics.record_success(len(rows), timing, time.perf_counter() - started)
-        return outputs
+    served = repository.get
+    run_rows = repository.infer
 
     @app.get("/v2/health/live", tags=["health"])
     async def live():
@@ -428,13 +259,12 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
 
     @app.get("/v2", tags=["metadata"])
     async def server_metadata():
-        return {"name": "pycnn", "version": version,
-                "extensions": ["binary_tensor_data", "classification", "statistics", "classify", "metrics"]}
+        return {"name": "pycnn", "version": version, "extensions": protocol.SERVER_EXTENSIONS}
 
     # Before /v2/models/{name}, which would take "stats" for a model's name.
     @app.get("/v2/models/stats", tags=["statistics"])
     async def all_statistics():
-        return statistics_response([model.statistics for model in models.values()])
+        return statistics_response([model.statistics for model in repository.all_models()])
 
     @app.get("/v2/models/{name}/stats", tags=["statistics"])
     @app.get("/v2/models/{name}/versions/{version}/stats", tags=["statistics"])
@@ -444,13 +274,13 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
     @app.get("/v2/models/{name}", tags=["metadata"])
     @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"])
     async def model_metadata(name: str, version: Optional[str] = None):
-        return served(name, version).metadata()
+        return served(name, version).metadata(repository.versions(name))
 
     @app.get("/v2/models/{name}/config", tags=["metadata"])
     @app.get("/v2/models/{name}/versions/{version}/config", tags=["metadata"])
     async def model_config(name: str, version: Optional[str] = None):
         """Triton's model configuration (JSON), for clients that ask for it."""
-        return served(name, version).config(max_batch, batch_timeout_ms)
+        return served(name, version).config(repository.settings.max_batch, repository.settings.batch_timeout_ms)
 
     @app.get("/v2/models/{name}/ready", tags=["health"])
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"])
@@ -475,7 +305,7 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
         for output_name, count in parsed.classification.items():
             labels = model.labels if output_name == model.outputs[0].name else None
             results[output_name] = protocol.classification_strings(results[output_name], count, labels)
-        content, headers = protocol.infer_response(model.name, MODEL_VERSION, parsed, results, model.output_specs)
+        content, headers = protocol.infer_response(model.name, model.version, parsed, results, model.output_specs)
         return Response(content, headers=headers)
 
     @app.post("/v2/models/{name}/classify", tags=["inference"],
@@ -504,6 +334,25 @@ def create_app(models: Dict[str, ServedModel], *, max_batch: int = 32, batch_tim
         return {"model_name": name, "predictions": [
             {"label": model.labels[i] if model.labels else None, "index": int(i),
              "probability": float(probabilities[i])} for i in order]}
+
+    @app.post("/v2/repository/index", tags=["repository"])
+    async def repository_index(request: Request):
+        """Triton's repository index: every model and version with its state."""
+        body = await request.body()
+        options = protocol.load_json(body) if body.strip() else {}
+        if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+            raise ProtocolError('the index request must be a JSON object, optionally {"ready": true}')
+        return repository.index(ready_only=options.get("ready", False))
+
+    @app.post("/v2/repository/models/{name}/load", tags=["repository"])
+    async def repository_load(name: str):
+        await repository.load(name)
+        return JSONResponse({})
+
+    @app.post("/v2/repository/models/{name}/unload", tags=["repository"])
+    async def repository_unload(name: str):
+        await repository.unload(name)
+        return JSONResponse({})
 
     @app.get("/metrics", tags=["metrics"])
     async def prometheus_metrics():
@@ -556,10 +405,15 @@ def _positive_float(text: str) -> float:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export.serve", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[6:16]))
-    parser.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files written by python -m export.onnx")
+                                     epilog="\n".join(__doc__.splitlines()[9:30]))
+    parser.add_argument("models", nargs="*", metavar="MODEL.onnx", help="ONNX files written by python -m export.onnx")
+    parser.add_argument("--model-repository", metavar="DIR", default=None,
+                        help="serve a Triton model repository instead (DIR/NAME/VERSION/model.onnx, config.pbtxt: "
+                             "what export.onnx --triton-repo writes), with load/unload")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    parser.add_argument("--grpc-port", type=int, default=8001,
+                        help="gRPC port of the KServe v2 / Triton gRPC service (default 8001; 0: no gRPC)")
     parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS),
                         help="onnxruntime execution providers in order of preference, comma-separated: cuda, cpu "
                              "or onnxruntime's names (default: cuda,cpu; without a usable GPU, CPU with a warning)")
@@ -579,7 +433,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="largest request body in MiB; larger ones get 413 (default 16)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off by default)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if bool(args.models) == bool(args.model_repository):
+        parser.error("give the ONNX files to serve, or --model-repository DIR (one of the two)")
+    return args
 
 
 class DrainingServer(uvicorn.Server):
@@ -598,35 +455,43 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)-9s %(message)s", level=args.log_level.upper())
-    # onnxruntime logs a failed CUDA provider as an error per session; load_models says it once.
+    # onnxruntime logs a failed CUDA provider as an error per session; the server says it once.
     onnxruntime.set_default_logger_severity(4)
     try:
         providers = resolve_providers([p.strip() for p in args.providers.split(",") if p.strip()])
         if "CUDAExecutionProvider" in providers:
             with contextlib.suppress(Exception):
                 onnxruntime.preload_dlls()  # CUDA and cuDNN from the pip packages torch brings
-        models = load_models(args.models, providers, args.threads)
+        settings = Settings(providers, args.threads, args.max_batch, args.batch_timeout_ms, args.max_queue,
+                            args.request_timeout_ms)
+        if args.model_repository:
+            repository = ModelRepository.from_directory(args.model_repository, settings)
+        else:
+            repository = ModelRepository.from_files(args.models, settings)
     except ServeError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
-    for model in models.values():
+    models = repository.all_models()
+    active = {p for model in models for p in model.session.get_providers()}
+    if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in active:
+        log.warning("the CUDA execution provider is unavailable here (no GPU, or CUDA 13/cuDNN 9 "
+                    "libraries missing); serving on %s", ", ".join(sorted(active)))
+    for model in models:
         output = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in model.outputs)
-        log.info("model %s: %s on %s; input %s %s -> %s", model.name, model.path,
+        log.info("model %s version %s: %s on %s; input %s %s -> %s", model.name, model.version, model.path,
                  model.session.get_providers()[0], model.input.name, list(model.input.shape), output)
     if args.max_batch > 1:
         log.info("dynamic batching: up to %d rows per run, waiting at most %g ms", args.max_batch,
                  args.batch_timeout_ms)
     else:
         log.info("dynamic batching off (--max-batch 1)")
-    app = create_app(models, max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms,
-                     max_body_mb=args.max_body_mb, max_queue=args.max_queue,
-                     request_timeout_ms=args.request_timeout_ms)
+    if args.grpc_port:
+        log.info("gRPC (KServe v2 / Triton) on %s:%d", args.host, args.grpc_port)
+    app = create_app(repository, max_body_mb=args.max_body_mb, grpc_port=args.grpc_port, grpc_host=args.host)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log, timeout_graceful_shutdown=30)
     DrainingServer(config, app).run()
-
-
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -98,6 +98,8 @@ class DynamicBatcher:
         self._taken: List[_Pending] = []  # the batch being gathered or run
         self._worker: Optional[asyncio.Task] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._in_flight = 0  # callers inside infer()
+        self._idle: Optional[asyncio.Event] = None  # set while _in_flight is 0
 
     @property
     def waiting(self) -> int:
@@ -107,8 +109,15 @@ class DynamicBatcher:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"run-{self.name}")
         self._worker = asyncio.create_task(self._work(), name=f"batcher-{self.name}")
+
+    async def drain(self) -> None:
+        """Wait until every request accepted so far has been answered."""
+        if self._idle is not None:
+            await self._idle.wait()
 
     async def stop(self) -> None:
         """Stop the worker; requests still waiting get ShuttingDown."""
@@ -144,15 +153,21 @@ class DynamicBatcher:
             raise Overloaded(f"model {self.name!r} has {self.waiting} requests waiting, its limit (--max-queue)")
         pending = _Pending(rows, asyncio.get_running_loop().create_future(), time.perf_counter(), timing)
         self._queue.put_nowait(pending)
-        if wait_timeout_s is None:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            if wait_timeout_s is not None:
+                done, _ = await asyncio.wait({pending.future}, timeout=wait_timeout_s)
+                if not done and not pending.started:
+                    # Not yet running: drop it (the worker skips answered futures).
+                    pending.future.set_exception(WaitTimeout(
+                        f"model {self.name!r}: the request waited {wait_timeout_s * 1000:g} ms without being "
+                        "run (--request-timeout-ms)"))
             return await pending.future
-        done, _ = await asyncio.wait({pending.future}, timeout=wait_timeout_s)
-        if not done and not pending.started:
-            # Not yet running: drop it (the worker skips answered futures).
-            pending.future.set_exception(WaitTimeout(
-                f"model {self.name!r}: the request waited {wait_timeout_s * 1000:g} ms without being run "
-                "(--request-timeout-ms)"))
-        return await pending.future
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     async def _next(self, timeout: Optional[float]) -> Optional[_Pending]:
         if self._carry is not None:

@@ -30,6 +30,8 @@ import numpy as np
 import orjson
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# What the server metadata lists: Triton's extensions, and pycnn's own (classify, metrics).
+SERVER_EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_repository", "classify", "metrics"]
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
 # KServe v2 datatypes <-> numpy (BYTES, variable-length strings, has no numpy dtype here).
@@ -168,7 +170,14 @@ def parse_infer_request(body: bytes, header_length: Optional[str], model_name: s
                         inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> InferRequest:
     """Parse and check an infer request body against the model's inputs and outputs."""
     text, binary = split_body(body, header_length)
-    request = load_json(text)
+    return check_infer_request(load_json(text), binary, header_length is not None, model_name, inputs, outputs)
+
+
+def check_infer_request(request: Any, binary: bytes, has_binary: bool, model_name: str,
+                        inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> InferRequest:
+    """Check a decoded infer request (the JSON object; `binary` the raw tensors
+    after it) against the model's inputs and outputs. gRPC requests come here
+    too, in the same form, so that both transports answer a bad request alike."""
     _require(isinstance(request, dict), "the request body must be a JSON object with an 'inputs' list")
     request_id = request.get("id")
     _require(request_id is None or isinstance(request_id, str), f"'id' must be a string, got {request_id!r}")
@@ -203,7 +212,7 @@ def parse_infer_request(body: bytes, header_length: Optional[str], model_name: s
         parameters = tensor.get("parameters") or {}
         _require(isinstance(parameters, dict), f"input '{name}': 'parameters' must be an object")
         if "binary_data_size" in parameters:
-            _require(header_length is not None,
+            _require(has_binary,
                      f"input '{name}' has binary_data_size but the request has no {HEADER_LENGTH} header")
             array, offset = _binary_data(tensor, spec, count, view, offset)
         else:
@@ -263,6 +272,15 @@ def _bytes_elements(array: np.ndarray) -> List[bytes]:
     return [value if isinstance(value, bytes) else str(value).encode() for value in array.ravel()]
 
 
+def raw_tensor(array: np.ndarray) -> bytes:
+    """A tensor's raw bytes, as the binary extension and gRPC carry them:
+    little-endian row-major; BYTES elements each with a 4-byte little-endian length."""
+    if array.dtype == object:
+        return b"".join(len(e).to_bytes(4, "little") + e for e in _bytes_elements(array))
+    array = np.ascontiguousarray(array)
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
 def infer_response(model_name: str, version: str, request: InferRequest,
                    results: Dict[str, np.ndarray], specs: Dict[str, TensorSpec]) -> Tuple[bytes, Dict[str, str]]:
     """The response body and its extra headers: JSON, or JSON header + raw
@@ -275,18 +293,12 @@ def infer_response(model_name: str, version: str, request: InferRequest,
         array = np.ascontiguousarray(results[name])
         datatype = "BYTES" if array.dtype == object else specs[name].datatype
         tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if datatype == "BYTES":
-            elements = _bytes_elements(array)
-            if name in request.binary_outputs:  # each element: 4-byte little-endian length, then its bytes
-                data = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
-                tensor["parameters"] = {"binary_data_size": len(data)}
-                raw.append(data)
-            else:
-                tensor["data"] = [e.decode("utf-8", "replace") for e in elements]
-        elif name in request.binary_outputs:
-            data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        if name in request.binary_outputs:
+            data = raw_tensor(array)
             tensor["parameters"] = {"binary_data_size": len(data)}
             raw.append(data)
+        elif datatype == "BYTES":
+            tensor["data"] = [e.decode("utf-8", "replace") for e in _bytes_elements(array)]
         else:
             tensor["data"] = array.ravel()  # orjson writes numpy arrays itself, float32 in its shortest form
         tensors.append(tensor)
