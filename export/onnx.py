@@ -1,7 +1,7 @@
 """Export a pycnn model to ONNX with standard operators only.
 
     python -m export.onnx --model resnet18 [--checkpoint PATH] [--out exports/resnet18.onnx]
-                          [--opset 18] [--batch-size N] [--triton-repo DIR]
+                          [--opset 18] [--batch-size N] [--triton-repo DIR] [--fp16]
 
 PyTorch's torch.export-based exporter (torch.onnx.export(..., dynamo=True))
 traces the eval-mode model; pycnn's translation table (pycnn.onnx) turns each
@@ -12,15 +12,21 @@ onnxruntime without a custom-operator library. The file is then checked
 Fashion-MNIST test images and random input against the PyTorch model; it is only
 put in place when everything passes. --triton-repo also writes a Triton/KServe
 model repository (DIR/NAME/1/model.onnx, DIR/NAME/config.pbtxt and
-DIR/NAME/labels.txt). The file carries the class labels of a Fashion-MNIST
+DIR/NAME/labels.txt). --fp16 exports float16 weights and compute with float32
+inputs and outputs (half the file, and a GPU's half-precision units); its
+check allows float16's rounding (--tolerance 0.03 unless given) and adds the
+accuracy on the whole Fashion-MNIST test set against the float32 PyTorch
+model's, which must not drop by more than --fp16-max-drop. The file carries the class labels of a Fashion-MNIST
 model as its "labels" metadata (a JSON list), which export.serve's classify
 endpoint reports.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import sys
 from typing import List, Optional, Sequence
 
 import onnx
@@ -37,25 +43,44 @@ OUTPUT_NAME = "logits"
 TRITON_MAX_BATCH = 256
 LABELS_KEY = "labels"  # the metadata entry export.serve reads
 TRITON_LABELS_FILE = "labels.txt"
+FP16_TOLERANCE = 0.03  # float16 keeps 11 significant bits: logits agree to about 1e-3..1e-2 of their scale
+FP16_MAX_DROP = 0.005  # the test accuracy an --fp16 export may lose, as a fraction (0.5 percentage points)
+
+
+class Float16Model(torch.nn.Module):
+    """`model` in float16 (weights and compute) behind float32 input and output:
+    what --fp16 exports, so that clients and the server keep sending FP32."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).half()
+        self.default_input_size = getattr(model, "default_input_size", None)
+        self.arch = getattr(model, "arch", "the model")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def export_onnx(model: torch.nn.Module, path: str, *, opset: int = DEFAULT_OPSET, batch_size: Optional[int] = None,
-                input_size: Optional[Sequence[int]] = None, labels: Optional[Sequence[str]] = None) -> onnx.ModelProto:
+                input_size: Optional[Sequence[int]] = None, labels: Optional[Sequence[str]] = None,
+                fp16: bool = False) -> onnx.ModelProto:
     """Write `model` (eval mode) to `path` as ONNX; return the model proto.
 
     batch_size None: a dynamic batch dimension ("batch"); otherwise that fixed batch.
     input_size: (C, H, W), default model.default_input_size.
     labels: the class names of the output, stored as the "labels" metadata.
+    fp16: float16 weights and compute, float32 input and output (Float16Model).
     The graph is flat (functions inlined) and holds default-domain operators only;
     onnx.checker has passed on it. Raises ExportError if any of that fails.
     """
     if opset < DEFAULT_OPSET:
         raise ExportError(f"--opset {opset}: the translations use ONNX opset {DEFAULT_OPSET}; use {DEFAULT_OPSET} or later")
     model = model.eval()
+    exported = Float16Model(model).eval() if fp16 else model
     try:
         program = torch.onnx.export(
-            model,
+            exported,
             (_common.example_input(input_size or model.default_input_size, batch_size),),
             dynamo=True,
             custom_translation_table=translation_table(),
@@ -170,33 +195,91 @@ def write_triton_repo(repo: str, name: str, onnx_path: str, input_size: Sequence
     return model_dir
 
 
+def test_set_accuracy(model: torch.nn.Module, onnx_path: str, input_size: Sequence[int],
+                      batch_size: Optional[int], chunk: int = 500) -> Optional[dict]:
+    """Accuracy of the PyTorch model and of the ONNX file on the whole
+    Fashion-MNIST test set, and how often their top-1 agree; None without the data."""
+    from pycnn import data
+
+    if not _common.fashion_mnist_available():
+        return None
+    import onnxruntime
+
+    images, labels = data.load_split("test")
+    session = onnxruntime.InferenceSession(onnx_path, providers=providers())
+    step = batch_size or chunk
+    channels, height, width = input_size
+    correct_torch = correct_onnx = agree = 0
+    for start in range(0, len(images), step):
+        pixels = torch.from_numpy(images[start:start + step]).unsqueeze(1)
+        x = data.prepare_images(pixels, (height, width)).expand(-1, channels, -1, -1).contiguous()
+        count = len(x)
+        if batch_size and count < batch_size:  # a fixed batch: pad the last one with blanks
+            x = torch.cat([x, x.new_zeros(batch_size - count, *x.shape[1:])])
+        with torch.no_grad():
+            reference = model(x)[:count].argmax(1)
+        candidate = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0][:count]).argmax(1)
+        truth = torch.from_numpy(labels[start:start + step].astype("int64"))
+        correct_torch += int((reference == truth).sum())
+        correct_onnx += int((candidate == truth).sum())
+        agree += int((reference == candidate).sum())
+    n = len(images)
+    return {"images": n, "float32": correct_torch / n, "onnx": correct_onnx / n, "agreement": agree / n}
+
+
 def _add_arguments(parser) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     _common.add_batch_size_argument(parser)
     parser.add_argument("--triton-repo", default=None, metavar="DIR",
                         help="also write a Triton model repository: DIR/MODEL/1/model.onnx, DIR/MODEL/config.pbtxt")
+    parser.add_argument("--fp16", action="store_true",
+                        help="float16 weights and compute, float32 input and output; checked on the whole test set")
+    parser.add_argument("--fp16-max-drop", type=float, default=FP16_MAX_DROP,
+                        help=f"--fp16: largest test-accuracy loss allowed against float32, as a fraction "
+                             f"(default {FP16_MAX_DROP:g})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = _common.parse_args("onnx", "onnx", argv, _add_arguments, description=__doc__.splitlines()[0])
+    if args.fp16 and args.tolerance == _common.DEFAULT_TOLERANCE:
+        args.tolerance = FP16_TOLERANCE
     _common.quiet_exporter_logs()
     model, source, input_size = _common.load_model(args.model, args.checkpoint)
     batches = _common.check_batches(input_size, args.check_images, 3, args.batch_size)
     references = _common.reference_outputs(model, batches)
     labels = CLASSES if references[0].shape[1] == len(CLASSES) else None
     with _common.atomic_output(args.out) as tmp:
-        export_onnx(model, tmp, opset=args.opset, batch_size=args.batch_size, input_size=input_size, labels=labels)
+        export_onnx(model, tmp, opset=args.opset, batch_size=args.batch_size, input_size=input_size, labels=labels,
+                    fp16=args.fp16)
         outputs = run_onnx(tmp, [x for _, x in batches])
         _common.check_and_summarise(
             args, model, source, tmp, batches, references, outputs,
             format_text=f"ONNX, opset {args.opset}, standard operators only, "
+                        + ("float16 weights and compute (float32 input and output), " if args.fp16 else "")
                         + (f"batch {args.batch_size}" if args.batch_size else "dynamic batch"),
             runtime=f"onnxruntime {__import__('onnxruntime').__version__} ({', '.join(providers())})")
+        if args.fp16:
+            _check_fp16_accuracy(args, model, tmp, input_size)
     if args.triton_repo:
         model_dir = write_triton_repo(args.triton_repo, args.model, args.out, input_size,
                                       references[0].shape[1], args.batch_size, labels)
         files = "1/model.onnx, config.pbtxt" + (f", {TRITON_LABELS_FILE}" if labels else "")
         print(f"triton repository: {model_dir} ({files})")
+
+
+def _check_fp16_accuracy(args, model: torch.nn.Module, path: str, input_size: Sequence[int]) -> None:
+    accuracy = test_set_accuracy(model, path, input_size, args.batch_size)
+    if accuracy is None:
+        print(f"note: {_common.FASHION_MNIST_DIR} is not installed; the float16 test-set accuracy is unchecked",
+              file=sys.stderr)
+        return
+    drop = accuracy["float32"] - accuracy["onnx"]
+    print(f"test accuracy ({accuracy['images']:,} images): float32 PyTorch {accuracy['float32']:.4f}, "
+          f"float16 ONNX {accuracy['onnx']:.4f} (drop {drop:+.4f}); top-1 agreement {accuracy['agreement']:.2%}")
+    if drop > args.fp16_max_drop:
+        print(f"error: the float16 export loses {drop:.4f} of test accuracy, more than --fp16-max-drop "
+              f"{args.fp16_max_drop:g}; {args.out} was not written", file=sys.stderr)
+        raise _common.ChecksFailed()
 
 
 if __name__ == "__main__":

@@ -264,6 +264,31 @@ def test_cli_onnx_fixed_batch_and_triton_repo(tmp_path):
     assert {p.key: json.loads(p.value) for p in proto.metadata_props} == {"labels": list(CLASSES)}
 
 
+def test_cli_onnx_fp16(tmp_path):
+    """--fp16: float16 weights and compute inside, FP32 input and output
+    outside; the check batch within float16's tolerance; the whole test set's
+    accuracy printed beside float32's, and a loss beyond --fp16-max-drop fails
+    the export (nothing written)."""
+    out = tmp_path / "lenet16.onnx"
+    result = _cli("onnx", "--model", "lenet", "--out", str(out), "--fp16", "--checkpoint",
+                  str(_lenet_checkpoint(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert "float16 weights and compute" in result.stdout
+    proto = onnx.load(str(out))
+    io_types = {t.type.tensor_type.elem_type for t in [*proto.graph.input, *proto.graph.output]}
+    assert io_types == {onnx.TensorProto.FLOAT}
+    weight_types = {t.data_type for t in proto.graph.initializer if t.dims} - {onnx.TensorProto.INT64}  # (shapes)
+    assert weight_types == {onnx.TensorProto.FLOAT16}
+    if _common.fashion_mnist_available():
+        line = next(line for line in result.stdout.splitlines() if line.startswith("test accuracy"))
+        assert "(10,000 images)" in line and "float16 ONNX" in line and "top-1 agreement" in line
+        strict = tmp_path / "strict.onnx"
+        refused = _cli("onnx", "--model", "lenet", "--out", str(strict), "--fp16", "--fp16-max-drop", "-1",
+                       "--checkpoint", str(_lenet_checkpoint(tmp_path)))
+        assert refused.returncode == 1 and "more than --fp16-max-drop" in refused.stderr
+        assert not strict.exists() and not _leftovers(tmp_path)
+
+
 # --- the CLIs -----------------------------------------------------------------
 
 

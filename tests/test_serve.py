@@ -633,6 +633,34 @@ def test_overload_is_refused_quickly_and_service_resumes(onnx_files, tmp_path, d
         server.stop()
 
 
+def test_io_binding_path_gives_the_same_answers(onnx_files, tmp_path, direct):
+    """The IOBinding run (automatic on a GPU provider) exercised on the CPU:
+    the same outputs as a plain onnxruntime run, classification included."""
+    server = Server(str(tmp_path), onnx_files["lenet_bn"], onnx_files["lenet_fixed"], "--io-binding", "always")
+    try:
+        assert "lenet_bn.onnx on CPUExecutionProvider (IOBinding)" in server.output()
+        x = random_input(6, seed=31)
+        np.testing.assert_allclose(logits_of(server.client.post(INFER, json=infer_body(x))), direct["lenet_bn"](x),
+                                   rtol=1e-5, atol=1e-6)
+        fixed = random_input(FIXED_BATCH, seed=32)
+        np.testing.assert_allclose(
+            logits_of(server.client.post("/v2/models/lenet_fixed/infer", json=infer_body(fixed))),
+            direct["lenet_fixed"](fixed), rtol=1e-5, atol=1e-6)
+    finally:
+        server.stop()
+
+
+def test_tensorrt_options():
+    from export.serve.models import provider_options
+
+    assert provider_options(["CUDAExecutionProvider", "CPUExecutionProvider"], "/cache") == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]  # no TensorRT: nothing to set
+    (trt, options), cuda = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider"], "/cache", True)
+    assert trt == "TensorrtExecutionProvider" and cuda == "CUDAExecutionProvider"
+    assert options == {"trt_fp16_enable": "True", "trt_engine_cache_enable": "True", "trt_engine_cache_path": "/cache",
+                       "trt_timing_cache_enable": "True", "trt_timing_cache_path": "/cache"}
+
+
 def test_readiness_turns_false_when_the_drain_starts(onnx_files):
     from export.serve import app as serve_app
 
@@ -726,10 +754,11 @@ def _table(stdout):
 
 
 @NEEDS_DATA
-@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_loadtest_cli(server, binary):
+@pytest.mark.parametrize("transport", ["json", "binary", "grpc"])
+def test_loadtest_cli(server, transport):
+    options = {"json": [], "binary": ["--binary"], "grpc": ["--grpc", f"127.0.0.1:{server.grpc_port}"]}[transport]
     result = _loadtest("--url", f"{server.url}/v2/models/lenet_bn", "--concurrency", "1,4", "--requests", "40",
-                       "--rows", "2", "--warmup", "4", *(["--binary"] if binary else []))
+                       "--rows", "2", "--warmup", "4", *options)
     assert result.returncode == 0, result.stdout + result.stderr
     table = _table(result.stdout)
     assert sorted(table) == [1, 4]
@@ -738,6 +767,15 @@ def test_loadtest_cli(server, binary):
         assert float(row["images/s"]) == pytest.approx(2 * float(row["requests/s"]), rel=0.01)
         assert 0 < float(row["p50 ms"]) <= float(row["p99 ms"]) <= float(row["max ms"])
         assert float(row["rows/run"]) >= 2
+
+
+def test_short_soak_has_no_errors_and_bounded_memory(server):
+    """The soak of BENCHMARKS.md (60 s at concurrency 64, RSS growth under 50 MB), shortened to 4 s."""
+    result = _loadtest("--url", f"{server.url}/v2/models/lenet_bn", "--concurrency", "64", "--duration", "4",
+                       "--binary", "--warmup", "64", "--max-rss-growth-mb", "50")
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = _table(result.stdout)[64]
+    assert row["errors"] == "0" and float(row["rss MB"]) > 0 and float(row["requests/s"]) > 0
 
 
 def test_loadtest_counts_failures(server):

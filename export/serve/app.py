@@ -63,7 +63,7 @@ import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
                                disable_created_metrics, generate_latest)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -71,7 +71,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from export.serve import protocol
 from export.serve.image import image_to_input
 from export.serve.protocol import ProtocolError
-from export.serve.models import DEFAULT_PROVIDERS, ServeError, resolve_providers
+from export.serve.models import DEFAULT_PROVIDERS, ServeError, provider_options, resolve_providers
 from export.serve.repository import ModelRepository, Settings
 from export.serve.statistics import statistics_response
 
@@ -96,6 +96,7 @@ class Metrics:
     def __init__(self):
         disable_created_metrics()  # no *_created series: scrapers do not need them
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU seconds, open files
         labels = ["endpoint", "model", "code"]
         self.requests = Counter("pycnn_serve_requests", "HTTP requests answered, by endpoint, model and status code",
                                 labels, registry=self.registry)
@@ -417,6 +418,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS),
                         help="onnxruntime execution providers in order of preference, comma-separated: cuda, cpu "
                              "or onnxruntime's names (default: cuda,cpu; without a usable GPU, CPU with a warning)")
+    parser.add_argument("--io-binding", choices=["auto", "always", "never"], default="auto",
+                        help="run through onnxruntime's IOBinding: auto (on a GPU provider: the batch goes to the "
+                             "device once, outputs come back once), always (on the CPU too), never")
+    parser.add_argument("--trt-cache", metavar="DIR", default=None,
+                        help="TensorRT provider: keep built engines (and timings) in DIR across restarts")
+    parser.add_argument("--trt-fp16", action="store_true", help="TensorRT provider: allow float16 kernels")
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime intra-op threads per model (default 0: onnxruntime's choice, one per core)")
     parser.add_argument("--max-batch", type=_positive_int, default=32,
@@ -462,8 +469,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if "CUDAExecutionProvider" in providers:
             with contextlib.suppress(Exception):
                 onnxruntime.preload_dlls()  # CUDA and cuDNN from the pip packages torch brings
-        settings = Settings(providers, args.threads, args.max_batch, args.batch_timeout_ms, args.max_queue,
-                            args.request_timeout_ms)
+        settings = Settings(provider_options(providers, args.trt_cache, args.trt_fp16), args.threads,
+                            args.max_batch, args.batch_timeout_ms, args.max_queue, args.request_timeout_ms,
+                            args.io_binding)
         if args.model_repository:
             repository = ModelRepository.from_directory(args.model_repository, settings)
         else:
@@ -479,8 +487,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     "libraries missing); serving on %s", ", ".join(sorted(active)))
     for model in models:
         output = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in model.outputs)
-        log.info("model %s version %s: %s on %s; input %s %s -> %s", model.name, model.version, model.path,
-                 model.session.get_providers()[0], model.input.name, list(model.input.shape), output)
+        log.info("model %s version %s: %s on %s%s; input %s %s -> %s", model.name, model.version, model.path,
+                 model.session.get_providers()[0], " (IOBinding)" if model.binding_device else "",
+                 model.input.name, list(model.input.shape), output)
     if args.max_batch > 1:
         log.info("dynamic batching: up to %d rows per run, waiting at most %g ms", args.max_batch,
                  args.batch_timeout_ms)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ MODEL_VERSION = "1"
 PROVIDER_ALIASES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # The ONNX metadata key holding the class labels (a JSON list), as export.onnx writes it.
 LABELS_KEY = "labels"
 
@@ -51,6 +53,8 @@ class ServedModel:
     outputs: List[TensorSpec]
     labels: Optional[List[str]] = None  # one per class of the first output, when the model carries them
     version: str = MODEL_VERSION
+    # Where IOBinding binds the outputs ("cuda" on a GPU provider), or None: a plain run.
+    binding_device: Optional[str] = None
     batcher: Optional[DynamicBatcher] = None
     statistics: ModelStatistics = None
 
@@ -68,7 +72,23 @@ class ServedModel:
         return {spec.name: spec for spec in self.outputs}
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
-        return self.session.run([spec.name for spec in self.outputs], {self.input.name: batch})
+        if self.binding_device is None:
+            return self.session.run([spec.name for spec in self.outputs], {self.input.name: batch})
+        # IOBinding: the batch goes to the device once, the outputs are allocated
+        # there by onnxruntime and come back once, with no staging copies between.
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input.name, batch)
+        for spec in self.outputs:
+            binding.bind_output(spec.name, self.binding_device)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def warm_up(self) -> float:
+        """One run on a blank batch, so that the first request does not pay for
+        onnxruntime's lazy initialisation (or TensorRT's engine build); its seconds."""
+        started = time.perf_counter()
+        self.run(np.zeros((self.fixed_batch or 1, *self.input.shape[1:]), np.float32))
+        return time.perf_counter() - started
 
     def metadata(self, versions: Optional[Sequence[str]] = None) -> dict:
         """The protocol's model metadata; `versions`: every version served under the name."""
@@ -118,11 +138,14 @@ def resolve_providers(names: Sequence[str]) -> List[str]:
     return chosen
 
 
-def load_model(path: str, providers: List[str], threads: int, name: Optional[str] = None,
-               version: str = MODEL_VERSION, labels: Optional[List[str]] = None) -> ServedModel:
+def load_model(path: str, providers: list, threads: int, name: Optional[str] = None,
+               version: str = MODEL_VERSION, labels: Optional[List[str]] = None,
+               io_binding: str = "auto") -> ServedModel:
     """An onnxruntime session for `path`, served as `name` (default: the file's
-    stem) and `version`; `labels` override the file's own. ServeError with the
-    reason if it cannot be served."""
+    stem) and `version`, and warmed up; `labels` override the file's own;
+    `providers` as onnxruntime takes them (names, or (name, options) pairs).
+    io_binding: "auto" (on a GPU provider), "always" (on the CPU too), "never".
+    ServeError with the reason if it cannot be served."""
     if not os.path.isfile(path):
         raise ServeError(f"{path}: no such file (export one with: python -m export.onnx --model NAME)")
     options = onnxruntime.SessionOptions()
@@ -147,8 +170,41 @@ def load_model(path: str, providers: List[str], threads: int, name: Optional[str
                          "serves FP32 image batches (N, C, H, W) with fixed C, H and W")
     name = name or os.path.splitext(os.path.basename(path))[0]
     output_specs = [_spec(node, path) for node in outputs]
-    labels = _checked_labels(labels, path, output_specs[0]) if labels is not None else _labels(session, path, output_specs[0])
-    return ServedModel(name, path, session, spec, output_specs, labels, version)
+    if labels is None:
+        labels = _labels(session, path, output_specs[0])
+    else:
+        labels = _checked_labels(labels, path, output_specs[0])
+    model = ServedModel(name, path, session, spec, output_specs, labels, version,
+                        _binding_device(session.get_providers()[0], io_binding))
+    try:
+        seconds = model.warm_up()
+    except Exception as error:  # noqa: BLE001 -- onnxruntime's errors
+        raise ServeError(f"{path}: the warm-up run failed: {str(error).strip().splitlines()[0]}") from None
+    log.debug("model %s version %s: warm-up run %.1f ms", name, version, seconds * 1000)
+    return model
+
+
+def _binding_device(provider: str, io_binding: str) -> Optional[str]:
+    on_gpu = provider in GPU_PROVIDERS
+    if io_binding == "never" or (io_binding == "auto" and not on_gpu):
+        return None
+    return "cuda" if on_gpu else "cpu"
+
+
+def provider_options(providers: Sequence[str], trt_cache: Optional[str] = None, trt_fp16: bool = False) -> list:
+    """onnxruntime's providers argument: TensorRT with its engine (and timing)
+    cache in `trt_cache`, so that a restart does not rebuild the engines."""
+    chosen = []
+    for provider in providers:
+        if provider == "TensorrtExecutionProvider" and (trt_cache or trt_fp16):
+            options = {"trt_fp16_enable": "True" if trt_fp16 else "False"}
+            if trt_cache:
+                options.update(trt_engine_cache_enable="True", trt_engine_cache_path=trt_cache,
+                               trt_timing_cache_enable="True", trt_timing_cache_path=trt_cache)
+            chosen.append((provider, options))
+        else:
+            chosen.append(provider)
+    return chosen
 
 
 def _labels(session: onnxruntime.InferenceSession, path: str, output: TensorSpec) -> Optional[List[str]]:
@@ -170,21 +226,3 @@ def _checked_labels(labels: List[str], path: str, output: TensorSpec, source: st
     if classes != -1 and len(labels) != classes:
         raise ServeError(f"{path}: {source} names {len(labels)} classes, but output '{output.name}' has {classes}")
     return labels
-
-
-def load_models(paths: Sequence[str], providers: List[str], threads: int) -> Dict[str, ServedModel]:
-    models: Dict[str, ServedModel] = {}
-    for path in paths:
-        model = load_model(path, providers, threads)
-        if model.name in models:
-            raise ServeError(f"{path} and {models[model.name].path} would both be served as '{model.name}'; "
-                             "rename one")
-        models[model.name] = model
-    if "CUDAExecutionProvider" in providers:
-        active = {p for model in models.values() for p in model.session.get_providers()}
-        if "CUDAExecutionProvider" not in active:
-            log.warning("the CUDA execution provider is unavailable here (no GPU, or CUDA 13/cuDNN 9 "
-                        "libraries missing); serving on %s", ", ".join(sorted(active)))
-    return models
-
-

@@ -56,12 +56,13 @@ ONNX_PLATFORMS = ("onnxruntime_onnx",)
 class Settings:
     """How every model is run: onnxruntime providers and threads, batching and overload limits."""
 
-    providers: List[str]
+    providers: list  # as onnxruntime takes them: names, or (name, options)
     threads: int = 0
     max_batch: int = 32
     batch_timeout_ms: float = 0.0
     max_queue: int = 512
     request_timeout_ms: float = 0.0  # 0: a request may wait for its run as long as it takes
+    io_binding: str = "auto"  # "auto": on a GPU provider; "always"; "never"
     # (model name) -> the observer of each run's (rows, seconds), for the metrics
     on_batch: Optional[Callable[[str], Callable[[int, float], None]]] = None
 
@@ -90,7 +91,7 @@ class ModelRepository:
         """Each ONNX file is a model named by its file's stem, version "1"."""
         repository = cls(settings)
         for path in paths:
-            model = load_model(path, settings.providers, settings.threads)
+            model = load_model(path, settings.providers, settings.threads, io_binding=settings.io_binding)
             if model.name in repository._entries:
                 other = repository._entries[model.name].versions[model.version].path
                 raise ServeError(f"{path} and {other} would both be served as '{model.name}'; rename one")
@@ -123,8 +124,9 @@ class ModelRepository:
         models = {}
         for version in chosen:
             path = os.path.join(folder, str(version), filename)
-            models[str(version)] = load_model(path, self.settings.providers, self.settings.threads,
-                                              name=name, version=str(version), labels=labels)
+            models[str(version)] = load_model(path, self.settings.providers, self.settings.threads, name=name,
+                                              version=str(version), labels=labels,
+                                              io_binding=self.settings.io_binding)
         return models
 
     # --- lifecycle --------------------------------------------------------------
