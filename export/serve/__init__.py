@@ -12,6 +12,7 @@ protocol.py      the KServe v2 protocol: tensor metadata, infer requests (JSON a
 batching.py      dynamic batching with a bounded queue: concurrent requests in one run
 statistics.py    Triton's statistics extension
 image.py         classify's preprocessing: an image file -> the model's input
+ui/              the page at / (static HTML, CSS, JavaScript, sample images)
 loadtest.py      a bounded load test of a KServe v2 endpoint (a client; it may use torch)
 
 Serving is an application, not an exporter: a serving host needs only

@@ -53,6 +53,7 @@ import contextlib
 import gc
 import importlib.metadata
 import logging
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -62,14 +63,15 @@ import onnxruntime
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
                                disable_created_metrics, generate_latest)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from export.serve import protocol
-from export.serve.image import image_to_input
+from export.serve.image import image_to_input, input_png
 from export.serve.protocol import ProtocolError
 from export.serve.models import DEFAULT_PROVIDERS, ServeError, provider_options, resolve_providers
 from export.serve.repository import ModelRepository, Settings
@@ -77,6 +79,7 @@ from export.serve.statistics import statistics_response
 
 log = logging.getLogger("export.serve")
 
+UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
 # Bodies above this size are parsed in a worker thread, off the event loop.
 LARGE_BODY_BYTES = 256 * 1024
 
@@ -193,10 +196,11 @@ def too_large_response(limit: int) -> JSONResponse:
 # --- the application ----------------------------------------------------------
 
 def create_app(repository: ModelRepository, *, max_body_mb: float = 16.0, grpc_port: int = 0,
-               grpc_host: str = "127.0.0.1") -> FastAPI:
+               grpc_host: str = "127.0.0.1", ui: bool = True) -> FastAPI:
     """The FastAPI application serving the models of `repository`, and, with a
     grpc_port, the same models over gRPC (export/serve/grpc_service.py) on the
-    same event loop: one batcher, one set of statistics and metrics for both."""
+    same event loop: one batcher, one set of statistics and metrics for both;
+    with `ui`, the page at / (export/serve/ui: static files, offline)."""
     metrics = Metrics()
     repository.settings.on_batch = metrics.observe_batch
     max_body_bytes = int(max_body_mb * 2**20)
@@ -316,10 +320,13 @@ def create_app(repository: ModelRepository, *, max_body_mb: float = 16.0, grpc_p
                   "multipart/form-data": {"schema": {"type": "object", "properties": {
                       "file": {"type": "string", "format": "binary"}}}}}}})
     async def classify(name: str, request: Request,
-                       top_k: int = Query(3, ge=1, description="how many classes to return")):
+                       top_k: int = Query(3, ge=1, description="how many classes to return"),
+                       preview: bool = Query(False, description="also return the model's input as a PNG")):
         """An image file (PNG or JPEG, any size, colour or grey; the body, or a
         multipart 'file' field) -> the top-k classes with probabilities (and the
-        model's labels for them; "label" is null for a model without labels)."""
+        model's labels for them; "label" is null for a model without labels).
+        preview=true adds "input": the image as the model sees it, a grey PNG
+        (base64) of its input size."""
         model = served(name)
         channels, height, width = model.input.shape[1:]
         if channels != 1:
@@ -332,9 +339,12 @@ def create_app(repository: ModelRepository, *, max_body_mb: float = 16.0, grpc_p
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         order = np.argsort(-probabilities, kind="stable")[:top_k]
-        return {"model_name": name, "predictions": [
+        answer = {"model_name": name, "predictions": [
             {"label": model.labels[i] if model.labels else None, "index": int(i),
              "probability": float(probabilities[i])} for i in order]}
+        if preview:
+            answer["input"] = {"width": width, "height": height, "png": input_png(rows[0, 0])}
+        return answer
 
     @app.post("/v2/repository/index", tags=["repository"])
     async def repository_index(request: Request):
@@ -358,6 +368,16 @@ def create_app(repository: ModelRepository, *, max_body_mb: float = 16.0, grpc_p
     @app.get("/metrics", tags=["metrics"])
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if ui:
+        page = os.path.join(UI_DIR, "index.html")
+        app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
+
+        @app.get("/", tags=["page"], include_in_schema=False)
+        @app.get("/models/{name}", tags=["page"], include_in_schema=False)
+        async def serving_page(name: Optional[str] = None):
+            """The page: served models, drop an image, see the top classes."""
+            return FileResponse(page, media_type="text/html")
 
     return app
 
@@ -440,6 +460,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="largest request body in MiB; larger ones get 413 (default 16)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off by default)")
+    parser.add_argument("--no-ui", action="store_true", help="no page at / (the protocol's endpoints only)")
     args = parser.parse_args(argv)
     if bool(args.models) == bool(args.model_repository):
         parser.error("give the ONNX files to serve, or --model-repository DIR (one of the two)")
@@ -497,7 +518,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         log.info("dynamic batching off (--max-batch 1)")
     if args.grpc_port:
         log.info("gRPC (KServe v2 / Triton) on %s:%d", args.host, args.grpc_port)
-    app = create_app(repository, max_body_mb=args.max_body_mb, grpc_port=args.grpc_port, grpc_host=args.host)
+    app = create_app(repository, max_body_mb=args.max_body_mb, grpc_port=args.grpc_port, grpc_host=args.host,
+                     ui=not args.no_ui)
+    if not args.no_ui:
+        log.info("the page: http://%s:%d/", args.host, args.port)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log, timeout_graceful_shutdown=30)
     DrainingServer(config, app).run()

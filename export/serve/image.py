@@ -22,6 +22,7 @@ garment on white should be inverted before it is sent.
 """
 from __future__ import annotations
 
+import base64
 import io
 from typing import Sequence
 
@@ -113,3 +114,11 @@ def image_to_input(data: bytes, size: Sequence[int]) -> np.ndarray:
     """float32 (1, 1, H, W) for a model whose input is 1 x H x W."""
     pixels = to_fashion_mnist(decode(data)).astype(np.float32) / np.float32(255)
     return resize_bilinear(pixels, tuple(size))[None, None].astype(np.float32, copy=False)
+
+
+def input_png(plane: np.ndarray) -> str:
+    """A model input plane (float32 H x W in [0, 1]) as a grey PNG, base64: what the model sees."""
+    pixels = np.round(np.clip(plane, 0.0, 1.0) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
