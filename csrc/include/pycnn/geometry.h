@@ -32,4 +32,30 @@ inline MaxPool2dGeometry make_max_pool2d_geometry(
           stride[0],     stride[1],     padding[0],     padding[1],     dilation[0],    dilation[1]};
 }
 
+// --- avg_pool2d -------------------------------------------------------------
+
+struct AvgPool2dGeometry {
+  int64_t in_h, in_w;
+  int64_t out_h, out_w;
+  int64_t kernel_h, kernel_w;
+  int64_t stride_h, stride_w;
+  int64_t pad_h, pad_w;
+  bool count_include_pad;
+  int64_t divisor_override;  // 0: not given
+
+  // The window of output (oh, ow), clipped to the input, and its divisor.
+  PYCNN_HOST_DEVICE AvgWindow window(int64_t oh, int64_t ow) const {
+    return avg_pool_window(
+        oh, ow, in_h, in_w, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad, divisor_override);
+  }
+};
+
+// input_size and output_size are (N, C, H, W).
+inline AvgPool2dGeometry make_avg_pool2d_geometry(
+    c10::IntArrayRef input_size, c10::IntArrayRef output_size, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  return {input_size[2], input_size[3], output_size[2], output_size[3], kernel_size[0],    kernel_size[1],
+          stride[0],     stride[1],     padding[0],     padding[1],     count_include_pad, divisor_override.value_or(0)};
+}
+
 }  // namespace pycnn

@@ -116,4 +116,11 @@ PYCNN_HOST_DEVICE AvgWindow avg_pool_window(
   return {h0, h1, w0, w1, divisor};
 }
 
+// Whether an average-pooling window, clipped to the input, holds nothing: with
+// ceil_mode the last window may start in the right / bottom padding. Its
+// output is 0, as PyTorch's.
+PYCNN_HOST_DEVICE bool avg_pool_window_empty(const AvgWindow& window) {
+  return window.h0 >= window.h1 || window.w0 >= window.w1;
+}
+
 }  // namespace pycnn
