@@ -58,4 +58,17 @@ inline AvgPool2dGeometry make_avg_pool2d_geometry(
           stride[0],     stride[1],     padding[0],     padding[1],     count_include_pad, divisor_override.value_or(0)};
 }
 
+// --- adaptive_avg_pool2d ----------------------------------------------------
+
+struct AdaptiveAvgPool2dGeometry {
+  int64_t in_h, in_w;
+  int64_t out_h, out_w;
+};
+
+// input_size and output_size are (N, C, H, W).
+inline AdaptiveAvgPool2dGeometry make_adaptive_avg_pool2d_geometry(
+    c10::IntArrayRef input_size, c10::IntArrayRef output_size) {
+  return {input_size[2], input_size[3], output_size[2], output_size[3]};
+}
+
 }  // namespace pycnn
