@@ -13,6 +13,36 @@
 
 namespace pycnn {
 
+// --- corr2d -----------------------------------------------------------------
+
+struct Corr2dGeometry {
+  int64_t channels, in_h, in_w;  // input C, H, W
+  int64_t kernel_h, kernel_w;
+  int64_t stride_h, stride_w;
+  int64_t pad_h, pad_w;
+  int64_t dilation_h, dilation_w;
+  int64_t out_h, out_w;
+
+  // The column matrix of one sample (im2col) is [C * kH * kW, OH * OW].
+  PYCNN_HOST_DEVICE int64_t column_rows() const { return channels * kernel_h * kernel_w; }
+  PYCNN_HOST_DEVICE int64_t column_cols() const { return out_h * out_w; }
+  // A 1x1 kernel with stride 1 and no padding reads the input as it is: the
+  // column matrix is the input plane itself, and no im2col copy is needed.
+  PYCNN_HOST_DEVICE bool columns_are_input() const {
+    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
+  }
+};
+
+// input_size is (N, C, H, W), weight_size (O, C / groups, kH, kW).
+inline Corr2dGeometry make_corr2d_geometry(
+    c10::IntArrayRef input_size, c10::IntArrayRef weight_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation) {
+  return {input_size[1], input_size[2], input_size[3], weight_size[2], weight_size[3], stride[0], stride[1],
+          padding[0],    padding[1],    dilation[0],   dilation[1],
+          corr2d_output_size(input_size[2], weight_size[2], padding[0], stride[0], dilation[0]),
+          corr2d_output_size(input_size[3], weight_size[3], padding[1], stride[1], dilation[1])};
+}
+
 // --- max_pool2d -------------------------------------------------------------
 
 struct MaxPool2dGeometry {
