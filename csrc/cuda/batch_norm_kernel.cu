@@ -14,10 +14,7 @@
 // cancel catastrophically when the mean is large against the spread.
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -26,19 +23,15 @@
 
 #include "common.cuh"
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 
 namespace pycnn {
 namespace {
 
 using cuda::blocks_for;
 using cuda::kThreadsPerBlock;
+using cuda::launch;
 using cuda::with_format_of;
-
-// The (N, C, S) view of the input.
-struct BatchNormShape {
-  int64_t batch, channels, spatial;
-  __host__ __device__ int64_t channel_numel() const { return batch * spatial; }  // elements per channel
-};
 
 // How the elements of each channel are split between the blocks of the first pass.
 struct ChannelSlices {
@@ -281,14 +274,6 @@ __global__ void batch_norm_grad_input_kernel(
 
 // --- host helpers -----------------------------------------------------------
 
-BatchNormShape batch_norm_shape(const Tensor& input) {
-  int64_t spatial = 1;
-  for (int64_t d = 2; d < input.dim(); ++d) {
-    spatial *= input.size(d);
-  }
-  return {input.size(0), input.size(1), spatial};
-}
-
 // Enough blocks per channel that each reduces about kElementsPerBlock
 // elements, at most kMaxSplits (the second pass merges them sequentially).
 ChannelSlices channel_slices(int64_t channel_numel) {
@@ -327,7 +312,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const bool has_running_stats = running_mean.has_value() && running_mean->defined();
   const bool use_batch_stats = training || !has_running_stats;
-  const BatchNormShape shape = batch_norm_shape(input_arg);
+  const BatchNormShape shape = make_batch_norm_shape(input_arg.sizes());
   const auto stats_options = input_arg.options().dtype(at::toOpMathType(input_arg.scalar_type()));
   Tensor output = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
   Tensor save_mean = at::empty({shape.channels}, stats_options);
@@ -352,36 +337,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
   const Tensor weight = weight_arg.has_value() && weight_arg->defined() ? weight_arg->contiguous() : Tensor();
   const Tensor bias = bias_arg.has_value() && bias_arg->defined() ? bias_arg->contiguous() : Tensor();
   const bool update_running_stats = use_batch_stats && has_running_stats;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_batch_norm_cuda", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     if (use_batch_stats) {
       const ChannelSlices slices = channel_slices(shape.channel_numel());
       Tensor partial_mean = at::empty({shape.channels * slices.splits}, stats_options);
       Tensor partial_m2 = at::empty({shape.channels * slices.splits}, stats_options);
-      batch_stats_partial_kernel<scalar_t><<<partial_grid(shape, slices), kThreadsPerBlock, 0, stream>>>(
-          input.const_data_ptr<scalar_t>(), partial_mean.mutable_data_ptr<opmath_t>(),
-          partial_m2.mutable_data_ptr<opmath_t>(), shape, slices);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      batch_stats_finalize_kernel<scalar_t><<<blocks_for(shape.channels), kThreadsPerBlock, 0, stream>>>(
-          partial_mean.const_data_ptr<opmath_t>(), partial_m2.const_data_ptr<opmath_t>(), shape, slices,
-          static_cast<opmath_t>(eps), static_cast<opmath_t>(momentum), save_mean.mutable_data_ptr<opmath_t>(),
+      launch(
+          batch_stats_partial_kernel<scalar_t>, partial_grid(shape, slices), input.const_data_ptr<scalar_t>(),
+          partial_mean.mutable_data_ptr<opmath_t>(), partial_m2.mutable_data_ptr<opmath_t>(), shape, slices);
+      launch(
+          batch_stats_finalize_kernel<scalar_t>, blocks_for(shape.channels), partial_mean.const_data_ptr<opmath_t>(),
+          partial_m2.const_data_ptr<opmath_t>(), shape, slices, static_cast<opmath_t>(eps),
+          static_cast<opmath_t>(momentum), save_mean.mutable_data_ptr<opmath_t>(),
           save_invstd.mutable_data_ptr<opmath_t>(),
           update_running_stats ? new_running_mean.mutable_data_ptr<scalar_t>() : nullptr,
           update_running_stats ? new_running_var.mutable_data_ptr<scalar_t>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
-      running_stats_kernel<scalar_t><<<blocks_for(shape.channels), kThreadsPerBlock, 0, stream>>>(
-          new_running_mean.const_data_ptr<scalar_t>(), new_running_var.const_data_ptr<scalar_t>(), shape.channels,
-          static_cast<opmath_t>(eps), save_mean.mutable_data_ptr<opmath_t>(), save_invstd.mutable_data_ptr<opmath_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(
+          running_stats_kernel<scalar_t>, blocks_for(shape.channels), new_running_mean.const_data_ptr<scalar_t>(),
+          new_running_var.const_data_ptr<scalar_t>(), shape.channels, static_cast<opmath_t>(eps),
+          save_mean.mutable_data_ptr<opmath_t>(), save_invstd.mutable_data_ptr<opmath_t>());
     }
     if (output.numel() > 0) {
-      batch_norm_output_kernel<scalar_t><<<blocks_for(output.numel()), kThreadsPerBlock, 0, stream>>>(
-          input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(), save_invstd.const_data_ptr<opmath_t>(),
-          data_or_null<scalar_t>(weight), data_or_null<scalar_t>(bias), output.mutable_data_ptr<scalar_t>(), shape);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(
+          batch_norm_output_kernel<scalar_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
+          save_mean.const_data_ptr<opmath_t>(), save_invstd.const_data_ptr<opmath_t>(), data_or_null<scalar_t>(weight),
+          data_or_null<scalar_t>(bias), output.mutable_data_ptr<scalar_t>(), shape);
     }
   });
   return {with_format_of(output, input_arg), save_mean, save_invstd, new_running_mean, new_running_var};
@@ -399,7 +382,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
     return {grad_input.to(input_arg.scalar_type()), grad_weight, grad_bias};
   }
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
-  const BatchNormShape shape = batch_norm_shape(input_arg);
+  const BatchNormShape shape = make_batch_norm_shape(input_arg.sizes());
   Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
   Tensor grad_weight = at::zeros({shape.channels}, input_arg.options());
   Tensor grad_bias = at::zeros({shape.channels}, input_arg.options());
@@ -413,42 +396,41 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
   const Tensor save_mean = save_mean_arg.contiguous();
   const Tensor save_invstd = save_invstd_arg.contiguous();
   const auto stats_options = save_mean.options();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_batch_norm_backward_cuda", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_backward_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const ChannelSlices slices = channel_slices(shape.channel_numel());
     Tensor partial_sum_dy = at::empty({shape.channels * slices.splits}, stats_options);
     Tensor partial_dot = at::empty({shape.channels * slices.splits}, stats_options);
-    grad_sums_partial_kernel<scalar_t><<<partial_grid(shape, slices), kThreadsPerBlock, 0, stream>>>(
-        grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(),
+    launch(
+        grad_sums_partial_kernel<scalar_t>, partial_grid(shape, slices), grad_output.const_data_ptr<scalar_t>(),
+        input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(),
         partial_sum_dy.mutable_data_ptr<opmath_t>(), partial_dot.mutable_data_ptr<opmath_t>(), shape, slices);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     Tensor mean_dy = at::empty({shape.channels}, stats_options);
     Tensor x_scale = at::empty({shape.channels}, stats_options);
     Tensor dy_scale = at::empty({shape.channels}, stats_options);
-    grad_sums_finalize_kernel<scalar_t><<<blocks_for(shape.channels), kThreadsPerBlock, 0, stream>>>(
-        partial_sum_dy.const_data_ptr<opmath_t>(), partial_dot.const_data_ptr<opmath_t>(),
-        save_invstd.const_data_ptr<opmath_t>(), data_or_null<scalar_t>(weight), shape, slices, used_batch_stats,
-        grad_weight.mutable_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(),
-        mean_dy.mutable_data_ptr<opmath_t>(), x_scale.mutable_data_ptr<opmath_t>(),
-        dy_scale.mutable_data_ptr<opmath_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(
+        grad_sums_finalize_kernel<scalar_t>, blocks_for(shape.channels), partial_sum_dy.const_data_ptr<opmath_t>(),
+        partial_dot.const_data_ptr<opmath_t>(), save_invstd.const_data_ptr<opmath_t>(), data_or_null<scalar_t>(weight),
+        shape, slices, used_batch_stats, grad_weight.mutable_data_ptr<scalar_t>(),
+        grad_bias.mutable_data_ptr<scalar_t>(), mean_dy.mutable_data_ptr<opmath_t>(),
+        x_scale.mutable_data_ptr<opmath_t>(), dy_scale.mutable_data_ptr<opmath_t>());
 
-    batch_norm_grad_input_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreadsPerBlock, 0, stream>>>(
-        grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(),
-        mean_dy.const_data_ptr<opmath_t>(), x_scale.const_data_ptr<opmath_t>(), dy_scale.const_data_ptr<opmath_t>(),
-        used_batch_stats, grad_input.mutable_data_ptr<scalar_t>(), shape);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(
+        batch_norm_grad_input_kernel<scalar_t>, blocks_for(grad_input.numel()), grad_output.const_data_ptr<scalar_t>(),
+        input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(), mean_dy.const_data_ptr<opmath_t>(),
+        x_scale.const_data_ptr<opmath_t>(), dy_scale.const_data_ptr<opmath_t>(), used_batch_stats,
+        grad_input.mutable_data_ptr<scalar_t>(), shape);
   });
   return {with_format_of(grad_input, input_arg), grad_weight, grad_bias};
 }
 
 }  // namespace
-}  // namespace pycnn
 
 TORCH_LIBRARY_IMPL(pycnn, CUDA, m) {
-  m.impl("batch_norm", &pycnn::batch_norm_cuda);
-  m.impl("batch_norm_backward", &pycnn::batch_norm_backward_cuda);
+  m.impl("batch_norm", &batch_norm_cuda);
+  m.impl("batch_norm_backward", &batch_norm_backward_cuda);
 }
+
+}  // namespace pycnn

@@ -101,4 +101,20 @@ inline AdaptiveAvgPool2dGeometry make_adaptive_avg_pool2d_geometry(
   return {input_size[2], input_size[3], output_size[2], output_size[3]};
 }
 
+// --- batch_norm -------------------------------------------------------------
+
+// The (N, C, S) view of an (N, C, *) input: S = L, H * W or 1.
+struct BatchNormShape {
+  int64_t batch, channels, spatial;
+  PYCNN_HOST_DEVICE int64_t channel_numel() const { return batch * spatial; }  // elements per channel
+};
+
+inline BatchNormShape make_batch_norm_shape(c10::IntArrayRef input_size) {
+  int64_t spatial = 1;
+  for (size_t d = 2; d < input_size.size(); ++d) {
+    spatial *= input_size[d];
+  }
+  return {input_size[0], input_size[1], spatial};
+}
+
 }  // namespace pycnn
