@@ -23,9 +23,8 @@ struct Corr2dGeometry {
   int64_t dilation_h, dilation_w;
   int64_t out_h, out_w;
 
-  // The column matrix of one sample (im2col) is [C * kH * kW, OH * OW].
-  PYCNN_HOST_DEVICE int64_t column_rows() const { return channels * kernel_h * kernel_w; }
-  PYCNN_HOST_DEVICE int64_t column_cols() const { return out_h * out_w; }
+  PYCNN_HOST_DEVICE int64_t column_rows() const { return channels * kernel_h * kernel_w; }  // one sample's im2col
+  PYCNN_HOST_DEVICE int64_t column_cols() const { return out_h * out_w; }                   // matrix is rows x cols
   // A 1x1 kernel with stride 1 and no padding reads the input as it is: the
   // column matrix is the input plane itself, and no im2col copy is needed.
   PYCNN_HOST_DEVICE bool columns_are_input() const {
@@ -37,10 +36,10 @@ struct Corr2dGeometry {
 inline Corr2dGeometry make_corr2d_geometry(
     c10::IntArrayRef input_size, c10::IntArrayRef weight_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
     c10::IntArrayRef dilation) {
+  const int64_t out_h = corr2d_output_size(input_size[2], weight_size[2], padding[0], stride[0], dilation[0]);
+  const int64_t out_w = corr2d_output_size(input_size[3], weight_size[3], padding[1], stride[1], dilation[1]);
   return {input_size[1], input_size[2], input_size[3], weight_size[2], weight_size[3], stride[0], stride[1],
-          padding[0],    padding[1],    dilation[0],   dilation[1],
-          corr2d_output_size(input_size[2], weight_size[2], padding[0], stride[0], dilation[0]),
-          corr2d_output_size(input_size[3], weight_size[3], padding[1], stride[1], dilation[1])};
+          padding[0],    padding[1],    dilation[0],   dilation[1],    out_h,          out_w};
 }
 
 // --- max_pool2d -------------------------------------------------------------
