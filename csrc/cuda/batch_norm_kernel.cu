@@ -43,7 +43,7 @@ struct ChannelSlices {
 struct SliceBounds {
   int64_t begin, end;
 };
-__host__ __device__ __forceinline__ SliceBounds slice_bounds(int64_t split, ChannelSlices slices, int64_t channel_numel) {
+PYCNN_HOST_DEVICE SliceBounds slice_bounds(int64_t split, ChannelSlices slices, int64_t channel_numel) {
   const int64_t begin = std::min(split * slices.slice_length, channel_numel);
   return {begin, std::min(begin + slices.slice_length, channel_numel)};
 }
