@@ -162,8 +162,7 @@ Tensor adaptive_avg_pool2d_cpu(const Tensor& input_arg, IntArrayRef output_size)
 Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output_arg, const Tensor& input) {
   constexpr const char* op = "pycnn.adaptive_avg_pool2d_backward";
   TORCH_CHECK(grad_output_arg.dim() == 4, op, ": expected grad_output of rank 4, got ", grad_output_arg.sizes());
-  const auto output_shape =
-      adaptive_avg_pool2d_output_shape(input, {grad_output_arg.size(2), grad_output_arg.size(3)});
+  const auto output_shape = adaptive_avg_pool2d_output_shape(input, {grad_output_arg.size(2), grad_output_arg.size(3)});
   check_grad_output(op, grad_output_arg, input, output_shape);
   if (is_reduced_precision(input)) {  // in float32 (precision.h)
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -179,8 +178,8 @@ Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output_arg, const Ten
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_adaptive_avg_pool2d_backward_cpu", [&] {
     if (format == at::MemoryFormat::ChannelsLast) {
       adaptive_avg_pool2d_backward_kernel_channels_last<scalar_t>(
-          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0),
-          input.size(1), g);
+          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1),
+          g);
     } else {
       adaptive_avg_pool2d_backward_kernel<scalar_t>(
           grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),

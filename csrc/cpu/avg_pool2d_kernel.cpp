@@ -32,14 +32,16 @@ void avg_pool2d_forward_kernel(const scalar_t* input, scalar_t* output, int64_t 
           }
         }
         // A window clipped to nothing averages nothing: 0, as PyTorch.
-        output[task * g.out_w + ow] = avg_pool_window_empty(win) ? scalar_t(0) : static_cast<scalar_t>(sum / win.divisor);
+        output[task * g.out_w + ow] =
+            avg_pool_window_empty(win) ? scalar_t(0) : static_cast<scalar_t>(sum / win.divisor);
       }
     }
   });
 }
 
 template <typename scalar_t>
-void avg_pool2d_backward_kernel(const scalar_t* grad_output, scalar_t* grad_input, int64_t planes, const AvgPool2dGeometry& g) {
+void avg_pool2d_backward_kernel(
+    const scalar_t* grad_output, scalar_t* grad_input, int64_t planes, const AvgPool2dGeometry& g) {
   // Windows overlap; each plane is written by one task only.
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -126,7 +128,8 @@ Tensor avg_pool2d_cpu(
       avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
   if (is_reduced_precision(input_arg)) {  // in float32 (precision.h)
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return avg_pool2d_cpu(upcast(input_arg), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return avg_pool2d_cpu(
+               upcast(input_arg), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         .to(input_arg.scalar_type());
   }
   const auto format = input_arg.suggest_memory_format();  // the output takes it, as native
@@ -172,8 +175,8 @@ Tensor avg_pool2d_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_avg_pool2d_backward_cpu", [&] {
     if (format == at::MemoryFormat::ChannelsLast) {
       avg_pool2d_backward_kernel_channels_last<scalar_t>(
-          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0),
-          input.size(1), g);
+          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1),
+          g);
     } else {
       avg_pool2d_backward_kernel<scalar_t>(
           grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),

@@ -10,8 +10,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -116,8 +116,8 @@ void batch_norm_forward_kernel(
         sums.sum_sq = sum_sq;
       }
       const auto affine = channel_statistics(
-          c, sums, shape.channel_numel(), weight, bias, running_mean, running_var, save_mean, save_invstd, use_batch_stats,
-          momentum, eps);
+          c, sums, shape.channel_numel(), weight, bias, running_mean, running_var, save_mean, save_invstd,
+          use_batch_stats, momentum, eps);
       for (int64_t n = 0; n < shape.batch; ++n) {
         const scalar_t* in = x + n * sample_stride + c * channel_stride;
         scalar_t* out = y + n * sample_stride + c * channel_stride;
@@ -151,7 +151,8 @@ void batch_norm_backward_kernel(
         }
       }
       const auto k = channel_gradient(
-          c, sum_dy, dot, shape.channel_numel(), weight, save_mean, save_invstd, grad_weight, grad_bias, used_batch_stats);
+          c, sum_dy, dot, shape.channel_numel(), weight, save_mean, save_invstd, grad_weight, grad_bias,
+          used_batch_stats);
       for (int64_t n = 0; n < shape.batch; ++n) {
         const scalar_t* g = dy + n * sample_stride + c * channel_stride;
         const scalar_t* in = x + n * sample_stride + c * channel_stride;
@@ -201,8 +202,8 @@ void batch_norm_forward_kernel_channels_last(
       }
       for (int64_t j = 0; j < width; ++j) {
         const auto affine = channel_statistics(
-            c0 + j, ShiftedSums{shift[j], sum[j], sum_sq[j]}, rows, weight, bias, running_mean, running_var,
-            save_mean, save_invstd, use_batch_stats, momentum, eps);
+            c0 + j, ShiftedSums{shift[j], sum[j], sum_sq[j]}, rows, weight, bias, running_mean, running_var, save_mean,
+            save_invstd, use_batch_stats, momentum, eps);
         scale[c0 + j] = affine.scale;
         offset[c0 + j] = affine.offset;
       }
@@ -245,8 +246,7 @@ void batch_norm_backward_kernel_channels_last(
       }
       for (int64_t j = 0; j < width; ++j) {
         const auto k = channel_gradient(
-            c0 + j, sum_dy[j], dot[j], rows, weight, save_mean, save_invstd, grad_weight, grad_bias,
-            used_batch_stats);
+            c0 + j, sum_dy[j], dot[j], rows, weight, save_mean, save_invstd, grad_weight, grad_bias, used_batch_stats);
         mean[c0 + j] = k.mean;
         dy_mean[c0 + j] = k.dy_mean;
         x_scale[c0 + j] = k.x_scale;
@@ -271,8 +271,8 @@ void batch_norm_backward_kernel_channels_last(
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
     const Tensor& input_arg, const std::optional<Tensor>& weight_arg, const std::optional<Tensor>& bias_arg,
-    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training,
-    double momentum, double eps) {
+    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training, double momentum,
+    double eps) {
   const at::ScalarType parameter_dtype = check_batch_norm(input_arg, weight_arg, bias_arg, running_mean, running_var);
   if (is_reduced_precision(input_arg)) {  // in float32 (precision.h); parameters may be float32 already
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -291,10 +291,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
   Tensor save_mean = at::empty({shape.channels}, input_arg.options());
   Tensor save_invstd = at::empty({shape.channels}, input_arg.options());
   // The updated running statistics start as copies of the given ones.
-  Tensor new_running_mean = has_running_stats ? running_mean->clone(at::MemoryFormat::Contiguous)
-                                              : at::empty({0}, input_arg.options());
-  Tensor new_running_var = has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous)
-                                             : at::empty({0}, input_arg.options());
+  Tensor new_running_mean =
+      has_running_stats ? running_mean->clone(at::MemoryFormat::Contiguous) : at::empty({0}, input_arg.options());
+  Tensor new_running_var =
+      has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous) : at::empty({0}, input_arg.options());
   if (use_batch_stats && shape.channel_numel() == 0) {
     // No values to take statistics of: an empty result with NaN statistics;
     // the running statistics stay as they are.

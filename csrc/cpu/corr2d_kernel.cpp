@@ -287,8 +287,8 @@ Tensor corr2d_backward_input_cpu(
   Scratch grad_output_scratch(out_channels * chunk_size * L, grad_output.options());
   for_each_chunk(input_size[0], chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
-    const Tensor grad_out = chunk_grad_output(grad_output, chunk, grad_output_scratch)
-                                .view({groups, out_channels_per_group, width});
+    const Tensor grad_out =
+        chunk_grad_output(grad_output, chunk, grad_output_scratch).view({groups, out_channels_per_group, width});
     if (chunk.size == 1 && g.columns_are_input()) {
       // The columns are the input: the GEMM gives the input's gradient directly.
       Tensor grad_in = grad_input[chunk.first].view({groups, rows_per_group, L});
@@ -351,8 +351,8 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   for_each_chunk(batch, chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
     const Tensor cols = chunk_columns(input, g, chunk, columns_scratch).view({groups, rows_per_group, width});
-    const Tensor grad_out = chunk_grad_output(grad_output, chunk, grad_output_scratch)
-                                .view({groups, out_channels_per_group, width});
+    const Tensor grad_out =
+        chunk_grad_output(grad_output, chunk, grad_output_scratch).view({groups, out_channels_per_group, width});
     Tensor acc = partial[chunk.slot];
     for (int64_t k = 0; k < groups; ++k) {
       Tensor acc_k = acc[k];

@@ -84,7 +84,8 @@ __global__ void avg_pool2d_backward_kernel(
 Tensor avg_pool2d_cuda(
     const Tensor& input_arg, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
     bool count_include_pad, std::optional<int64_t> divisor_override) {
-  const auto output_shape = avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const auto output_shape =
+      avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const Tensor input = input_arg.contiguous();
   Tensor output = at::empty(output_shape, input.options());
@@ -106,7 +107,8 @@ Tensor avg_pool2d_backward_cuda(
     const Tensor& grad_output_arg, const Tensor& input_arg, IntArrayRef kernel_size, IntArrayRef stride,
     IntArrayRef padding, bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
   constexpr const char* op = "pycnn.avg_pool2d_backward";
-  const auto output_shape = avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const auto output_shape =
+      avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
   check_grad_output(op, grad_output_arg, input_arg, output_shape);
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const Tensor grad_output = grad_output_arg.contiguous();

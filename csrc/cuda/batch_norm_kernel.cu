@@ -92,9 +92,9 @@ __device__ Welford<acc_t> block_welford(Welford<acc_t> stats) {
   const int lane = threadIdx.x % C10_WARP_SIZE;
   const int warp = threadIdx.x / C10_WARP_SIZE;
   for (int offset = C10_WARP_SIZE / 2; offset > 0; offset /= 2) {
-    const Welford<acc_t> other{
-        __shfl_down_sync(0xffffffffu, stats.count, offset), __shfl_down_sync(0xffffffffu, stats.mean, offset),
-        __shfl_down_sync(0xffffffffu, stats.m2, offset)};
+    const Welford<acc_t> other{__shfl_down_sync(0xffffffffu, stats.count, offset),
+                               __shfl_down_sync(0xffffffffu, stats.mean, offset),
+                               __shfl_down_sync(0xffffffffu, stats.m2, offset)};
     stats = welford_merge(stats, other);
   }
   if (lane == 0) {
@@ -139,8 +139,9 @@ __global__ void batch_stats_partial_kernel(
 // estimate).
 template <typename scalar_t>
 __global__ void batch_stats_finalize_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ partial_mean, const at::opmath_type<scalar_t>* __restrict__ partial_m2,
-    BatchNormShape shape, ChannelSlices slices, at::opmath_type<scalar_t> eps, at::opmath_type<scalar_t> momentum,
+    const at::opmath_type<scalar_t>* __restrict__ partial_mean,
+    const at::opmath_type<scalar_t>* __restrict__ partial_m2, BatchNormShape shape, ChannelSlices slices,
+    at::opmath_type<scalar_t> eps, at::opmath_type<scalar_t> momentum,
     at::opmath_type<scalar_t>* __restrict__ save_mean, at::opmath_type<scalar_t>* __restrict__ save_invstd,
     scalar_t* __restrict__ running_mean, scalar_t* __restrict__ running_var) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -149,8 +150,8 @@ __global__ void batch_stats_finalize_kernel(
     Welford<opmath_t> stats{0, 0, 0};
     for (int64_t split = 0; split < slices.splits; ++split) {
       const SliceBounds bounds = slice_bounds(split, slices, n);
-      const Welford<opmath_t> slice{
-          bounds.end - bounds.begin, partial_mean[c * slices.splits + split], partial_m2[c * slices.splits + split]};
+      const Welford<opmath_t> slice{bounds.end - bounds.begin, partial_mean[c * slices.splits + split],
+                                    partial_m2[c * slices.splits + split]};
       stats = welford_merge(stats, slice);
     }
     const opmath_t variance = stats.m2 / static_cast<opmath_t>(n);
@@ -158,8 +159,8 @@ __global__ void batch_stats_finalize_kernel(
     save_invstd[c] = opmath_t(1) / std::sqrt(variance + eps);
     if (running_mean != nullptr) {
       const opmath_t unbiased_variance = n > 1 ? stats.m2 / static_cast<opmath_t>(n - 1) : variance;
-      running_mean[c] =
-          static_cast<scalar_t>((opmath_t(1) - momentum) * static_cast<opmath_t>(running_mean[c]) + momentum * stats.mean);
+      running_mean[c] = static_cast<scalar_t>(
+          (opmath_t(1) - momentum) * static_cast<opmath_t>(running_mean[c]) + momentum * stats.mean);
       running_var[c] = static_cast<scalar_t>(
           (opmath_t(1) - momentum) * static_cast<opmath_t>(running_var[c]) + momentum * unbiased_variance);
     }
@@ -231,9 +232,10 @@ __global__ void grad_sums_partial_kernel(
 // (the gradient through the mean and variance), and without them both are 0.
 template <typename scalar_t>
 __global__ void grad_sums_finalize_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ partial_sum_dy, const at::opmath_type<scalar_t>* __restrict__ partial_dot,
-    const at::opmath_type<scalar_t>* __restrict__ invstd, const scalar_t* __restrict__ weight, BatchNormShape shape,
-    ChannelSlices slices, bool used_batch_stats, scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias,
+    const at::opmath_type<scalar_t>* __restrict__ partial_sum_dy,
+    const at::opmath_type<scalar_t>* __restrict__ partial_dot, const at::opmath_type<scalar_t>* __restrict__ invstd,
+    const scalar_t* __restrict__ weight, BatchNormShape shape, ChannelSlices slices, bool used_batch_stats,
+    scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias,
     at::opmath_type<scalar_t>* __restrict__ mean_dy, at::opmath_type<scalar_t>* __restrict__ x_scale,
     at::opmath_type<scalar_t>* __restrict__ dy_scale) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -265,9 +267,8 @@ __global__ void batch_norm_grad_input_kernel(
     const int64_t c = (index / shape.spatial) % shape.channels;
     const opmath_t dy = static_cast<opmath_t>(grad_output[index]);
     // Without batch statistics x does not enter (so an infinite x gives no NaN).
-    const opmath_t centered_dy = used_batch_stats
-        ? dy - mean_dy[c] - (static_cast<opmath_t>(input[index]) - mean[c]) * x_scale[c]
-        : dy;
+    const opmath_t centered_dy =
+        used_batch_stats ? dy - mean_dy[c] - (static_cast<opmath_t>(input[index]) - mean[c]) * x_scale[c] : dy;
     grad_input[index] = static_cast<scalar_t>(centered_dy * dy_scale[c]);
   }
 }
@@ -279,7 +280,8 @@ __global__ void batch_norm_grad_input_kernel(
 ChannelSlices channel_slices(int64_t channel_numel) {
   constexpr int64_t kElementsPerBlock = 16 * kThreadsPerBlock;
   constexpr int64_t kMaxSplits = 64;
-  const int64_t splits = std::clamp<int64_t>((channel_numel + kElementsPerBlock - 1) / kElementsPerBlock, 1, kMaxSplits);
+  const int64_t splits =
+      std::clamp<int64_t>((channel_numel + kElementsPerBlock - 1) / kElementsPerBlock, 1, kMaxSplits);
   return {splits, (channel_numel + splits - 1) / splits};
 }
 
@@ -298,8 +300,8 @@ const T* data_or_null(const Tensor& t) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
     const Tensor& input_arg, const std::optional<Tensor>& weight_arg, const std::optional<Tensor>& bias_arg,
-    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training,
-    double momentum, double eps) {
+    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training, double momentum,
+    double eps) {
   const at::ScalarType parameter_dtype = check_batch_norm(input_arg, weight_arg, bias_arg, running_mean, running_var);
   if (parameter_dtype != input_arg.scalar_type()) {
     // Mixed precision (float16 / bfloat16 input, float32 parameters): the
@@ -319,10 +321,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
   Tensor save_invstd = at::empty({shape.channels}, stats_options);
   // The operator is functional: the updated running statistics are returned,
   // starting as copies of the given ones (empty when none are given).
-  Tensor new_running_mean = has_running_stats ? running_mean->clone(at::MemoryFormat::Contiguous)
-                                              : at::empty({0}, input_arg.options());
-  Tensor new_running_var = has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous)
-                                             : at::empty({0}, input_arg.options());
+  Tensor new_running_mean =
+      has_running_stats ? running_mean->clone(at::MemoryFormat::Contiguous) : at::empty({0}, input_arg.options());
+  Tensor new_running_var =
+      has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous) : at::empty({0}, input_arg.options());
   if (shape.channels == 0) {
     return {with_format_of(output, input_arg), save_mean, save_invstd, new_running_mean, new_running_var};
   }

@@ -41,7 +41,7 @@ void launch(void (*kernel)(Params...), dim3 grid, Args&&... args) {
 
 // for (index = this thread's first item; index < count; index += threads in the grid).
 // 64-bit so that tensors with more than 2^31 elements are indexed correctly.
-#define PYCNN_GRID_STRIDE_LOOP(index, count)                                                       \
+#define PYCNN_GRID_STRIDE_LOOP(index, count)                                                         \
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < (count); \
        index += static_cast<int64_t>(blockDim.x) * gridDim.x)
 

@@ -229,8 +229,7 @@ Tensor corr2d_backward_input_cuda(
   const int64_t batch = input_size[0];
   const int64_t out_channels = weight.size(0);
   // W_g^T: [G][K][O / G].
-  const Tensor weight_groups_t =
-      weight.view({groups, out_channels / groups, g.column_rows() / groups}).transpose(1, 2);
+  const Tensor weight_groups_t = weight.view({groups, out_channels / groups, g.column_rows() / groups}).transpose(1, 2);
 
   const int64_t chunk = samples_per_chunk(g, batch);
   const Tensor column_buffer = at::empty({g.column_rows() * chunk * g.out_h * g.out_w}, grad_output.options());
@@ -263,14 +262,16 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cuda(
   // The chunks' contributions are summed in the operator's accumulation type
   // (float32 for half / bfloat16), so that many chunks do not add many roundings.
   Tensor grad_weight_sum = at::zeros(
-      {groups, out_channels / groups, g.column_rows() / groups}, input.options().dtype(at::toOpMathType(input.scalar_type())));
+      {groups, out_channels / groups, g.column_rows() / groups},
+      input.options().dtype(at::toOpMathType(input.scalar_type())));
   const int64_t chunk = samples_per_chunk(g, batch);
   const Tensor column_buffer = at::empty({g.column_rows() * chunk * out_plane}, input.options());
   for (int64_t first = 0; first < batch; first += chunk) {
     const int64_t samples = std::min(chunk, batch - first);
     Tensor columns = columns_view(column_buffer, g, samples, groups);
     im2col(input, first, samples, g, columns);
-    grad_weight_sum.add_(at::bmm(grad_output_channel_major(grad_output, first, samples, groups), columns.transpose(1, 2)));
+    grad_weight_sum.add_(
+        at::bmm(grad_output_channel_major(grad_output, first, samples, groups), columns.transpose(1, 2)));
   }
   const Tensor grad_weight = grad_weight_sum.view(weight_size).to(input.scalar_type());
 

@@ -74,8 +74,10 @@ __global__ void max_pool2d_backward_kernel(
   PYCNN_GRID_STRIDE_LOOP(index, planes * in_plane) {
     const int64_t plane = index / in_plane;
     const int64_t position = index % in_plane;
-    const OutputRange rows = outputs_containing(position / g.in_w, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, g.out_h);
-    const OutputRange cols = outputs_containing(position % g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, g.out_w);
+    const OutputRange rows =
+        outputs_containing(position / g.in_w, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, g.out_h);
+    const OutputRange cols =
+        outputs_containing(position % g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, g.out_w);
     const int64_t* plane_indices = indices + plane * out_plane;
     const scalar_t* plane_grad_output = grad_output + plane * out_plane;
     opmath_t sum = 0;

@@ -83,8 +83,9 @@ struct AvgPool2dGeometry {
 inline AvgPool2dGeometry make_avg_pool2d_geometry(
     c10::IntArrayRef input_size, c10::IntArrayRef output_size, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
     c10::IntArrayRef padding, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  return {input_size[2], input_size[3], output_size[2], output_size[3], kernel_size[0],    kernel_size[1],
-          stride[0],     stride[1],     padding[0],     padding[1],     count_include_pad, divisor_override.value_or(0)};
+  return {input_size[2],  input_size[3],  output_size[2],    output_size[3],
+          kernel_size[0], kernel_size[1], stride[0],         stride[1],
+          padding[0],     padding[1],     count_include_pad, divisor_override.value_or(0)};
 }
 
 // --- adaptive_avg_pool2d ----------------------------------------------------

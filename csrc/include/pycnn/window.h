@@ -93,9 +93,8 @@ struct AvgWindow {
   int64_t divisor;
 };
 PYCNN_HOST_DEVICE AvgWindow avg_pool_window(
-    int64_t oh, int64_t ow, int64_t in_h, int64_t in_w, int64_t kernel_h, int64_t kernel_w,
-    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, bool count_include_pad,
-    int64_t divisor_override) {
+    int64_t oh, int64_t ow, int64_t in_h, int64_t in_w, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, bool count_include_pad, int64_t divisor_override) {
   int64_t h0 = oh * stride_h - pad_h;
   int64_t w0 = ow * stride_w - pad_w;
   int64_t h1 = h0 + kernel_h < in_h + pad_h ? h0 + kernel_h : in_h + pad_h;
