@@ -4,7 +4,7 @@
 #include <Python.h>
 
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "pycnn's compiled operators, registered as torch.ops.pycnn", -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                          "pycnn's compiled operators, registered as torch.ops.pycnn", -1, nullptr};
   return PyModule_Create(&module_def);
 }

@@ -11,32 +11,32 @@
 #include <vector>
 
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 
 namespace pycnn {
 namespace {
 
 template <typename scalar_t>
 void adaptive_avg_pool2d_forward_kernel(
-    const scalar_t* input, scalar_t* output, int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
-    int64_t out_w) {
+    const scalar_t* input, scalar_t* output, int64_t planes, const AdaptiveAvgPool2dGeometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, planes * out_h, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, planes * g.out_h, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t plane = task / out_h;
-      const int64_t oh = task % out_h;
-      const int64_t h0 = adaptive_start(oh, in_h, out_h);
-      const int64_t h1 = adaptive_end(oh, in_h, out_h);
-      const scalar_t* x = input + plane * in_h * in_w;
-      for (int64_t ow = 0; ow < out_w; ++ow) {
-        const int64_t w0 = adaptive_start(ow, in_w, out_w);
-        const int64_t w1 = adaptive_end(ow, in_w, out_w);
+      const int64_t plane = task / g.out_h;
+      const int64_t oh = task % g.out_h;
+      const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h);
+      const int64_t h1 = adaptive_end(oh, g.in_h, g.out_h);
+      const scalar_t* x = input + plane * g.in_h * g.in_w;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w);
+        const int64_t w1 = adaptive_end(ow, g.in_w, g.out_w);
         acc_t sum = 0;
         for (int64_t h = h0; h < h1; ++h) {
           for (int64_t w = w0; w < w1; ++w) {
-            sum += x[h * in_w + w];
+            sum += x[h * g.in_w + w];
           }
         }
-        output[task * out_w + ow] = static_cast<scalar_t>(sum / static_cast<acc_t>((h1 - h0) * (w1 - w0)));
+        output[task * g.out_w + ow] = static_cast<scalar_t>(sum / static_cast<acc_t>((h1 - h0) * (w1 - w0)));
       }
     }
   });
@@ -44,24 +44,23 @@ void adaptive_avg_pool2d_forward_kernel(
 
 template <typename scalar_t>
 void adaptive_avg_pool2d_backward_kernel(
-    const scalar_t* grad_output, scalar_t* grad_input, int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
-    int64_t out_w) {
+    const scalar_t* grad_output, scalar_t* grad_input, int64_t planes, const AdaptiveAvgPool2dGeometry& g) {
   // Cells may overlap (when the sizes do not divide); each plane is written
   // by one task only.
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
-      scalar_t* dx = grad_input + plane * in_h * in_w;
-      const scalar_t* dy = grad_output + plane * out_h * out_w;
-      for (int64_t oh = 0; oh < out_h; ++oh) {
-        const int64_t h0 = adaptive_start(oh, in_h, out_h);
-        const int64_t h1 = adaptive_end(oh, in_h, out_h);
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t w0 = adaptive_start(ow, in_w, out_w);
-          const int64_t w1 = adaptive_end(ow, in_w, out_w);
-          const scalar_t share = dy[oh * out_w + ow] / static_cast<scalar_t>((h1 - h0) * (w1 - w0));
+      scalar_t* dx = grad_input + plane * g.in_h * g.in_w;
+      const scalar_t* dy = grad_output + plane * g.out_h * g.out_w;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h);
+        const int64_t h1 = adaptive_end(oh, g.in_h, g.out_h);
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w);
+          const int64_t w1 = adaptive_end(ow, g.in_w, g.out_w);
+          const scalar_t share = dy[oh * g.out_w + ow] / static_cast<scalar_t>((h1 - h0) * (w1 - w0));
           for (int64_t h = h0; h < h1; ++h) {
             for (int64_t w = w0; w < w1; ++w) {
-              dx[h * in_w + w] += share;
+              dx[h * g.in_w + w] += share;
             }
           }
         }
@@ -73,30 +72,29 @@ void adaptive_avg_pool2d_backward_kernel(
 // The same on channels_last (N, H, W, C) data, channels innermost.
 template <typename scalar_t>
 void adaptive_avg_pool2d_forward_kernel_channels_last(
-    const scalar_t* input, scalar_t* output, int64_t batch, int64_t channels, int64_t in_h, int64_t in_w,
-    int64_t out_h, int64_t out_w) {
+    const scalar_t* input, scalar_t* output, int64_t batch, int64_t channels, const AdaptiveAvgPool2dGeometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sum(channels);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / out_h;
-      const int64_t oh = task % out_h;
-      const int64_t h0 = adaptive_start(oh, in_h, out_h);
-      const int64_t h1 = adaptive_end(oh, in_h, out_h);
-      for (int64_t ow = 0; ow < out_w; ++ow) {
-        const int64_t w0 = adaptive_start(ow, in_w, out_w);
-        const int64_t w1 = adaptive_end(ow, in_w, out_w);
+      const int64_t n = task / g.out_h;
+      const int64_t oh = task % g.out_h;
+      const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h);
+      const int64_t h1 = adaptive_end(oh, g.in_h, g.out_h);
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w);
+        const int64_t w1 = adaptive_end(ow, g.in_w, g.out_w);
         std::fill(sum.begin(), sum.end(), acc_t(0));
         for (int64_t h = h0; h < h1; ++h) {
           for (int64_t w = w0; w < w1; ++w) {
-            const scalar_t* x = input + ((n * in_h + h) * in_w + w) * channels;
+            const scalar_t* x = input + ((n * g.in_h + h) * g.in_w + w) * channels;
             for (int64_t c = 0; c < channels; ++c) {
               sum[c] += x[c];
             }
           }
         }
         const acc_t area = static_cast<acc_t>((h1 - h0) * (w1 - w0));
-        scalar_t* out = output + (task * out_w + ow) * channels;
+        scalar_t* out = output + (task * g.out_w + ow) * channels;
         for (int64_t c = 0; c < channels; ++c) {
           out[c] = static_cast<scalar_t>(sum[c] / area);
         }
@@ -107,22 +105,22 @@ void adaptive_avg_pool2d_forward_kernel_channels_last(
 
 template <typename scalar_t>
 void adaptive_avg_pool2d_backward_kernel_channels_last(
-    const scalar_t* grad_output, scalar_t* grad_input, int64_t batch, int64_t channels, int64_t in_h, int64_t in_w,
-    int64_t out_h, int64_t out_w) {
+    const scalar_t* grad_output, scalar_t* grad_input, int64_t batch, int64_t channels,
+    const AdaptiveAvgPool2dGeometry& g) {
   // Cells may overlap; each sample is written by one task only.
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      for (int64_t oh = 0; oh < out_h; ++oh) {
-        const int64_t h0 = adaptive_start(oh, in_h, out_h);
-        const int64_t h1 = adaptive_end(oh, in_h, out_h);
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t w0 = adaptive_start(ow, in_w, out_w);
-          const int64_t w1 = adaptive_end(ow, in_w, out_w);
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h);
+        const int64_t h1 = adaptive_end(oh, g.in_h, g.out_h);
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w);
+          const int64_t w1 = adaptive_end(ow, g.in_w, g.out_w);
           const scalar_t area = static_cast<scalar_t>((h1 - h0) * (w1 - w0));
-          const scalar_t* dy = grad_output + ((n * out_h + oh) * out_w + ow) * channels;
+          const scalar_t* dy = grad_output + ((n * g.out_h + oh) * g.out_w + ow) * channels;
           for (int64_t h = h0; h < h1; ++h) {
             for (int64_t w = w0; w < w1; ++w) {
-              scalar_t* dx = grad_input + ((n * in_h + h) * in_w + w) * channels;
+              scalar_t* dx = grad_input + ((n * g.in_h + h) * g.in_w + w) * channels;
               for (int64_t c = 0; c < channels; ++c) {
                 dx[c] += dy[c] / area;
               }
@@ -134,7 +132,7 @@ void adaptive_avg_pool2d_backward_kernel_channels_last(
   });
 }
 
-}  // namespace
+// --- entry points -----------------------------------------------------------
 
 Tensor adaptive_avg_pool2d_cpu(const Tensor& input_arg, IntArrayRef output_size) {
   const auto output_shape = adaptive_avg_pool2d_output_shape(input_arg, output_size);
@@ -148,15 +146,14 @@ Tensor adaptive_avg_pool2d_cpu(const Tensor& input_arg, IntArrayRef output_size)
     return output;
   }
   const Tensor input = input_arg.contiguous(format);
+  const AdaptiveAvgPool2dGeometry g = make_adaptive_avg_pool2d_geometry(input.sizes(), output_shape);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_adaptive_avg_pool2d_cpu", [&] {
     if (format == at::MemoryFormat::ChannelsLast) {
       adaptive_avg_pool2d_forward_kernel_channels_last<scalar_t>(
-          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1),
-          input.size(2), input.size(3), output_size[0], output_size[1]);
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1), g);
     } else {
       adaptive_avg_pool2d_forward_kernel<scalar_t>(
-          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1),
-          input.size(2), input.size(3), output_size[0], output_size[1]);
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1), g);
     }
   });
   return output;
@@ -165,8 +162,7 @@ Tensor adaptive_avg_pool2d_cpu(const Tensor& input_arg, IntArrayRef output_size)
 Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output_arg, const Tensor& input) {
   constexpr const char* op = "pycnn.adaptive_avg_pool2d_backward";
   TORCH_CHECK(grad_output_arg.dim() == 4, op, ": expected grad_output of rank 4, got ", grad_output_arg.sizes());
-  const auto output_shape =
-      adaptive_avg_pool2d_output_shape(input, {grad_output_arg.size(2), grad_output_arg.size(3)});
+  const auto output_shape = adaptive_avg_pool2d_output_shape(input, {grad_output_arg.size(2), grad_output_arg.size(3)});
   check_grad_output(op, grad_output_arg, input, output_shape);
   if (is_reduced_precision(input)) {  // in float32 (precision.h)
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -178,19 +174,22 @@ Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output_arg, const Ten
     return grad_input;
   }
   const Tensor grad_output = grad_output_arg.contiguous(format);
+  const AdaptiveAvgPool2dGeometry g = make_adaptive_avg_pool2d_geometry(input.sizes(), output_shape);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_adaptive_avg_pool2d_backward_cpu", [&] {
     if (format == at::MemoryFormat::ChannelsLast) {
       adaptive_avg_pool2d_backward_kernel_channels_last<scalar_t>(
-          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0),
-          input.size(1), input.size(2), input.size(3), grad_output.size(2), grad_output.size(3));
+          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0), input.size(1),
+          g);
     } else {
       adaptive_avg_pool2d_backward_kernel<scalar_t>(
           grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
-          input.size(0) * input.size(1), input.size(2), input.size(3), grad_output.size(2), grad_output.size(3));
+          input.size(0) * input.size(1), g);
     }
   });
   return grad_input;
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(pycnn, CPU, m) {
   m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cpu);

@@ -10,30 +10,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 
 namespace pycnn {
 namespace {
-
-struct BatchNormShape {
-  int64_t batch, channels, inner;  // N, C, S
-  int64_t count() const { return batch * inner; }
-};
-
-BatchNormShape batch_norm_shape(const Tensor& input) {
-  const int64_t batch = input.size(0);
-  const int64_t channels = input.size(1);
-  int64_t inner = 1;
-  for (int64_t d = 2; d < input.dim(); ++d) {
-    inner *= input.size(d);
-  }
-  return {batch, channels, inner};
-}
 
 // --- per-channel arithmetic, shared by both layouts ---------------------------
 
@@ -107,20 +93,20 @@ ChannelGradient<scalar_t> channel_gradient(
 template <typename scalar_t>
 void batch_norm_forward_kernel(
     const scalar_t* x, scalar_t* y, const scalar_t* weight, const scalar_t* bias, scalar_t* running_mean,
-    scalar_t* running_var, scalar_t* save_mean, scalar_t* save_invstd, const BatchNormShape& s,
+    scalar_t* running_var, scalar_t* save_mean, scalar_t* save_invstd, const BatchNormShape& shape,
     bool use_batch_stats, double momentum, double eps) {
-  const int64_t channel_stride = s.inner;
-  const int64_t sample_stride = s.channels * s.inner;
-  at::parallel_for(0, s.channels, 1, [&](int64_t begin, int64_t end) {
+  const int64_t channel_stride = shape.spatial;
+  const int64_t sample_stride = shape.channels * shape.spatial;
+  at::parallel_for(0, shape.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       ShiftedSums sums;
       if (use_batch_stats) {
         sums.shift = x[c * channel_stride];
         double sum = 0, sum_sq = 0;
-        for (int64_t n = 0; n < s.batch; ++n) {
+        for (int64_t n = 0; n < shape.batch; ++n) {
           const scalar_t* row = x + n * sample_stride + c * channel_stride;
 #pragma omp simd reduction(+ : sum, sum_sq)
-          for (int64_t i = 0; i < s.inner; ++i) {
+          for (int64_t i = 0; i < shape.spatial; ++i) {
             const double d = static_cast<double>(row[i]) - sums.shift;
             sum += d;
             sum_sq += d * d;
@@ -130,13 +116,13 @@ void batch_norm_forward_kernel(
         sums.sum_sq = sum_sq;
       }
       const auto affine = channel_statistics(
-          c, sums, s.count(), weight, bias, running_mean, running_var, save_mean, save_invstd, use_batch_stats,
-          momentum, eps);
-      for (int64_t n = 0; n < s.batch; ++n) {
+          c, sums, shape.channel_numel(), weight, bias, running_mean, running_var, save_mean, save_invstd,
+          use_batch_stats, momentum, eps);
+      for (int64_t n = 0; n < shape.batch; ++n) {
         const scalar_t* in = x + n * sample_stride + c * channel_stride;
         scalar_t* out = y + n * sample_stride + c * channel_stride;
 #pragma omp simd
-        for (int64_t i = 0; i < s.inner; ++i) {
+        for (int64_t i = 0; i < shape.spatial; ++i) {
           out[i] = in[i] * affine.scale + affine.offset;
         }
       }
@@ -147,31 +133,32 @@ void batch_norm_forward_kernel(
 template <typename scalar_t>
 void batch_norm_backward_kernel(
     const scalar_t* dy, const scalar_t* x, const scalar_t* weight, const scalar_t* save_mean,
-    const scalar_t* save_invstd, scalar_t* dx, scalar_t* grad_weight, scalar_t* grad_bias, const BatchNormShape& s,
+    const scalar_t* save_invstd, scalar_t* dx, scalar_t* grad_weight, scalar_t* grad_bias, const BatchNormShape& shape,
     bool used_batch_stats) {
-  const int64_t channel_stride = s.inner;
-  const int64_t sample_stride = s.channels * s.inner;
-  at::parallel_for(0, s.channels, 1, [&](int64_t begin, int64_t end) {
+  const int64_t channel_stride = shape.spatial;
+  const int64_t sample_stride = shape.channels * shape.spatial;
+  at::parallel_for(0, shape.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const scalar_t mean = save_mean[c];
       double sum_dy = 0, dot = 0;  // Σ dy and Σ dy·(x - mean)
-      for (int64_t n = 0; n < s.batch; ++n) {
+      for (int64_t n = 0; n < shape.batch; ++n) {
         const scalar_t* g = dy + n * sample_stride + c * channel_stride;
         const scalar_t* in = x + n * sample_stride + c * channel_stride;
 #pragma omp simd reduction(+ : sum_dy, dot)
-        for (int64_t i = 0; i < s.inner; ++i) {
+        for (int64_t i = 0; i < shape.spatial; ++i) {
           sum_dy += g[i];
           dot += static_cast<double>(g[i]) * static_cast<double>(in[i] - mean);
         }
       }
       const auto k = channel_gradient(
-          c, sum_dy, dot, s.count(), weight, save_mean, save_invstd, grad_weight, grad_bias, used_batch_stats);
-      for (int64_t n = 0; n < s.batch; ++n) {
+          c, sum_dy, dot, shape.channel_numel(), weight, save_mean, save_invstd, grad_weight, grad_bias,
+          used_batch_stats);
+      for (int64_t n = 0; n < shape.batch; ++n) {
         const scalar_t* g = dy + n * sample_stride + c * channel_stride;
         const scalar_t* in = x + n * sample_stride + c * channel_stride;
         scalar_t* out = dx + n * sample_stride + c * channel_stride;
 #pragma omp simd
-        for (int64_t i = 0; i < s.inner; ++i) {
+        for (int64_t i = 0; i < shape.spatial; ++i) {
           out[i] = (g[i] - k.dy_mean - (in[i] - k.mean) * k.x_scale) * k.dy_scale;
         }
       }
@@ -189,10 +176,10 @@ constexpr int64_t kChannelBlock = 16;
 template <typename scalar_t>
 void batch_norm_forward_kernel_channels_last(
     const scalar_t* x, scalar_t* y, const scalar_t* weight, const scalar_t* bias, scalar_t* running_mean,
-    scalar_t* running_var, scalar_t* save_mean, scalar_t* save_invstd, const BatchNormShape& s,
+    scalar_t* running_var, scalar_t* save_mean, scalar_t* save_invstd, const BatchNormShape& shape,
     bool use_batch_stats, double momentum, double eps) {
-  const int64_t rows = s.count();
-  const int64_t channels = s.channels;
+  const int64_t rows = shape.channel_numel();
+  const int64_t channels = shape.channels;
   std::vector<scalar_t> scale(channels), offset(channels);
   at::parallel_for(0, (channels + kChannelBlock - 1) / kChannelBlock, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
@@ -215,8 +202,8 @@ void batch_norm_forward_kernel_channels_last(
       }
       for (int64_t j = 0; j < width; ++j) {
         const auto affine = channel_statistics(
-            c0 + j, ShiftedSums{shift[j], sum[j], sum_sq[j]}, rows, weight, bias, running_mean, running_var,
-            save_mean, save_invstd, use_batch_stats, momentum, eps);
+            c0 + j, ShiftedSums{shift[j], sum[j], sum_sq[j]}, rows, weight, bias, running_mean, running_var, save_mean,
+            save_invstd, use_batch_stats, momentum, eps);
         scale[c0 + j] = affine.scale;
         offset[c0 + j] = affine.offset;
       }
@@ -237,10 +224,10 @@ void batch_norm_forward_kernel_channels_last(
 template <typename scalar_t>
 void batch_norm_backward_kernel_channels_last(
     const scalar_t* dy, const scalar_t* x, const scalar_t* weight, const scalar_t* save_mean,
-    const scalar_t* save_invstd, scalar_t* dx, scalar_t* grad_weight, scalar_t* grad_bias, const BatchNormShape& s,
+    const scalar_t* save_invstd, scalar_t* dx, scalar_t* grad_weight, scalar_t* grad_bias, const BatchNormShape& shape,
     bool used_batch_stats) {
-  const int64_t rows = s.count();
-  const int64_t channels = s.channels;
+  const int64_t rows = shape.channel_numel();
+  const int64_t channels = shape.channels;
   std::vector<scalar_t> mean(channels), dy_mean(channels), x_scale(channels), dy_scale(channels);
   at::parallel_for(0, (channels + kChannelBlock - 1) / kChannelBlock, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
@@ -259,8 +246,7 @@ void batch_norm_backward_kernel_channels_last(
       }
       for (int64_t j = 0; j < width; ++j) {
         const auto k = channel_gradient(
-            c0 + j, sum_dy[j], dot[j], rows, weight, save_mean, save_invstd, grad_weight, grad_bias,
-            used_batch_stats);
+            c0 + j, sum_dy[j], dot[j], rows, weight, save_mean, save_invstd, grad_weight, grad_bias, used_batch_stats);
         mean[c0 + j] = k.mean;
         dy_mean[c0 + j] = k.dy_mean;
         x_scale[c0 + j] = k.x_scale;
@@ -281,12 +267,12 @@ void batch_norm_backward_kernel_channels_last(
   });
 }
 
-}  // namespace
+// --- entry points -----------------------------------------------------------
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
     const Tensor& input_arg, const std::optional<Tensor>& weight_arg, const std::optional<Tensor>& bias_arg,
-    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training,
-    double momentum, double eps) {
+    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training, double momentum,
+    double eps) {
   const at::ScalarType parameter_dtype = check_batch_norm(input_arg, weight_arg, bias_arg, running_mean, running_var);
   if (is_reduced_precision(input_arg)) {  // in float32 (precision.h); parameters may be float32 already
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -298,18 +284,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
   }
   const bool has_running_stats = running_mean.has_value() && running_mean->defined();
   const bool use_batch_stats = training || !has_running_stats;
-  const auto s = batch_norm_shape(input_arg);
+  const BatchNormShape shape = make_batch_norm_shape(input_arg.sizes());
   // The output takes the input's memory format, as native (channels_last stays channels_last).
   const auto format = input_arg.suggest_memory_format();
   Tensor output = at::empty(input_arg.sizes(), input_arg.options().memory_format(format));
-  Tensor save_mean = at::empty({s.channels}, input_arg.options());
-  Tensor save_invstd = at::empty({s.channels}, input_arg.options());
+  Tensor save_mean = at::empty({shape.channels}, input_arg.options());
+  Tensor save_invstd = at::empty({shape.channels}, input_arg.options());
   // The updated running statistics start as copies of the given ones.
-  Tensor new_running_mean = has_running_stats ? running_mean->clone(at::MemoryFormat::Contiguous)
-                                              : at::empty({0}, input_arg.options());
-  Tensor new_running_var = has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous)
-                                             : at::empty({0}, input_arg.options());
-  if (use_batch_stats && s.count() == 0) {
+  Tensor new_running_mean =
+      has_running_stats ? running_mean->clone(at::MemoryFormat::Contiguous) : at::empty({0}, input_arg.options());
+  Tensor new_running_var =
+      has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous) : at::empty({0}, input_arg.options());
+  if (use_batch_stats && shape.channel_numel() == 0) {
     // No values to take statistics of: an empty result with NaN statistics;
     // the running statistics stay as they are.
     save_mean.fill_(std::numeric_limits<double>::quiet_NaN());
@@ -328,7 +314,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
         bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
         has_running_stats ? new_running_mean.mutable_data_ptr<scalar_t>() : nullptr,
         has_running_stats ? new_running_var.mutable_data_ptr<scalar_t>() : nullptr,
-        save_mean.mutable_data_ptr<scalar_t>(), save_invstd.mutable_data_ptr<scalar_t>(), s, use_batch_stats,
+        save_mean.mutable_data_ptr<scalar_t>(), save_invstd.mutable_data_ptr<scalar_t>(), shape, use_batch_stats,
         momentum, eps);
   });
   return {output, save_mean, save_invstd, new_running_mean, new_running_var};
@@ -346,12 +332,12 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
         used_batch_stats);
     return {grad_input.to(input_arg.scalar_type()), grad_weight.to(weight_dtype), grad_bias.to(weight_dtype)};
   }
-  const auto s = batch_norm_shape(input_arg);
+  const BatchNormShape shape = make_batch_norm_shape(input_arg.sizes());
   const auto format = input_arg.suggest_memory_format();  // grad_input takes the input's, as native
   Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options().memory_format(format));
-  Tensor grad_weight = at::zeros({s.channels}, input_arg.options());
-  Tensor grad_bias = at::zeros({s.channels}, input_arg.options());
-  if (s.count() == 0) {
+  Tensor grad_weight = at::zeros({shape.channels}, input_arg.options());
+  Tensor grad_bias = at::zeros({shape.channels}, input_arg.options());
+  if (shape.channel_numel() == 0) {
     return {grad_input, grad_weight, grad_bias};
   }
   const Tensor grad_output = grad_output_arg.contiguous(format);
@@ -366,10 +352,12 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
         grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
         weight.defined() ? weight.const_data_ptr<scalar_t>() : nullptr, save_mean.const_data_ptr<scalar_t>(),
         save_invstd.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
-        grad_weight.mutable_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), s, used_batch_stats);
+        grad_weight.mutable_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), shape, used_batch_stats);
   });
   return {grad_input, grad_weight, grad_bias};
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(pycnn, CPU, m) {
   m.impl("batch_norm", &batch_norm_cpu);

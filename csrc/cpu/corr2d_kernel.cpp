@@ -18,48 +18,15 @@
 #include <torch/library.h>
 
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 
 namespace pycnn {
 namespace {
 
 constexpr int64_t kMinGemmColumns = 1024;
 
-struct Corr2dGeometry {
-  int64_t channels, height, width;       // input plane
-  int64_t kernel_h, kernel_w;
-  int64_t out_h, out_w;
-  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-
-  int64_t column_rows() const { return channels * kernel_h * kernel_w; }
-  int64_t column_cols() const { return out_h * out_w; }
-  // A 1x1 kernel with stride 1 and no padding reads the input as it is: the
-  // column matrix is the input plane itself, and no im2col copy is needed.
-  bool columns_are_input() const {
-    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
-  }
-};
-
-Corr2dGeometry make_geometry(
-    IntArrayRef input_size, IntArrayRef weight_size, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
-  Corr2dGeometry g{};
-  g.channels = input_size[1];
-  g.height = input_size[2];
-  g.width = input_size[3];
-  g.kernel_h = weight_size[2];
-  g.kernel_w = weight_size[3];
-  g.stride_h = stride[0];
-  g.stride_w = stride[1];
-  g.pad_h = padding[0];
-  g.pad_w = padding[1];
-  g.dilation_h = dilation[0];
-  g.dilation_w = dilation[1];
-  g.out_h = corr2d_output_size(g.height, g.kernel_h, g.pad_h, g.stride_h, g.dilation_h);
-  g.out_w = corr2d_output_size(g.width, g.kernel_w, g.pad_w, g.stride_w, g.dilation_w);
-  return g;
-}
-
 // The output columns [first, last) whose input column ow*stride - pad + offset
-// lies inside [0, width): everything outside reads zero padding.
+// lies inside [0, size): everything outside reads zero padding.
 inline void valid_range(
     int64_t offset, int64_t size, int64_t out_size, int64_t stride, int64_t pad, int64_t* first, int64_t* last) {
   // smallest o with o*stride >= pad - offset, largest o with o*stride <= size - 1 + pad - offset
@@ -81,16 +48,16 @@ void im2col(const scalar_t* x, const Corr2dGeometry& g, scalar_t* cols, int64_t 
       const int64_t i = (row / g.kernel_w) % g.kernel_h;
       const int64_t c = row / (g.kernel_w * g.kernel_h);
       int64_t ow_first, ow_last;
-      valid_range(j * g.dilation_w, g.width, g.out_w, g.stride_w, g.pad_w, &ow_first, &ow_last);
+      valid_range(j * g.dilation_w, g.in_w, g.out_w, g.stride_w, g.pad_w, &ow_first, &ow_last);
       scalar_t* dst_row = cols + row * row_stride;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         scalar_t* dst = dst_row + oh * g.out_w;
         const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-        if (ih < 0 || ih >= g.height) {
+        if (ih < 0 || ih >= g.in_h) {
           std::fill(dst, dst + g.out_w, scalar_t(0));
           continue;
         }
-        const scalar_t* src = x + (c * g.height + ih) * g.width - g.pad_w + j * g.dilation_w;
+        const scalar_t* src = x + (c * g.in_h + ih) * g.in_w - g.pad_w + j * g.dilation_w;
         std::fill(dst, dst + ow_first, scalar_t(0));
         if (g.stride_w == 1) {
           std::copy(src + ow_first, src + ow_last, dst + ow_first);
@@ -113,21 +80,21 @@ void col2im(const scalar_t* cols, int64_t row_stride, const Corr2dGeometry& g, s
   const int64_t rows_per_channel = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      scalar_t* plane = dx + c * g.height * g.width;
-      std::fill(plane, plane + g.height * g.width, scalar_t(0));
+      scalar_t* plane = dx + c * g.in_h * g.in_w;
+      std::fill(plane, plane + g.in_h * g.in_w, scalar_t(0));
       for (int64_t k = 0; k < rows_per_channel; ++k) {
         const int64_t i = k / g.kernel_w;
         const int64_t j = k % g.kernel_w;
         int64_t ow_first, ow_last;
-        valid_range(j * g.dilation_w, g.width, g.out_w, g.stride_w, g.pad_w, &ow_first, &ow_last);
+        valid_range(j * g.dilation_w, g.in_w, g.out_w, g.stride_w, g.pad_w, &ow_first, &ow_last);
         const scalar_t* src_row = cols + (c * rows_per_channel + k) * row_stride;
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
           const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-          if (ih < 0 || ih >= g.height) {
+          if (ih < 0 || ih >= g.in_h) {
             continue;
           }
           const scalar_t* src = src_row + oh * g.out_w;
-          scalar_t* dst = plane + ih * g.width - g.pad_w + j * g.dilation_w;
+          scalar_t* dst = plane + ih * g.in_w - g.pad_w + j * g.dilation_w;
           for (int64_t ow = ow_first; ow < ow_last; ++ow) {
             dst[ow * g.stride_w] += src[ow];
           }
@@ -208,7 +175,7 @@ Tensor chunk_columns(const Tensor& input, const Corr2dGeometry& g, const Chunk& 
   }
   Tensor cols = scratch.matrix(chunk.slot, g.column_rows(), chunk.size * L);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_im2col", [&] {
-    const int64_t sample_elements = g.channels * g.height * g.width;
+    const int64_t sample_elements = g.channels * g.in_h * g.in_w;
     for (int64_t s = 0; s < chunk.size; ++s) {
       im2col<scalar_t>(
           input.const_data_ptr<scalar_t>() + (chunk.first + s) * sample_elements, g,
@@ -232,7 +199,7 @@ Tensor chunk_grad_output(const Tensor& grad_output, const Chunk& chunk, Scratch&
   return channel_major;
 }
 
-}  // namespace
+// --- entry points -----------------------------------------------------------
 
 Tensor corr2d_cpu(
     const Tensor& input_arg, const Tensor& weight_arg, const std::optional<Tensor>& bias_arg, IntArrayRef stride,
@@ -252,7 +219,7 @@ Tensor corr2d_cpu(
   const Tensor input = input_arg.contiguous();
   const Tensor weight = weight_arg.contiguous();
   const bool has_bias = bias_arg.has_value() && bias_arg->defined();
-  const auto g = make_geometry(input.sizes(), weight.sizes(), stride, padding, dilation);
+  const auto g = make_corr2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation);
   const int64_t out_channels = weight.size(0);
   const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
@@ -288,16 +255,16 @@ Tensor corr2d_cpu(
 }
 
 Tensor corr2d_backward_input_cpu(
-    const Tensor& grad_output_arg, const Tensor& weight_arg, c10::SymIntArrayRef input_size_sym, IntArrayRef stride,
+    const Tensor& grad_output_arg, const Tensor& weight_arg, c10::SymIntArrayRef input_size_arg, IntArrayRef stride,
     IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  const auto input_size = C10_AS_INTARRAYREF_SLOW(input_size_sym);
+  const auto input_size = C10_AS_INTARRAYREF_SLOW(input_size_arg);
   check_corr2d_backward(
       "pycnn.corr2d_backward_input", grad_output_arg, weight_arg, "weight", input_size, weight_arg.sizes(), stride,
       padding, dilation, groups);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see corr2d_cpu
   if (is_reduced_precision(grad_output_arg)) {  // in float32 (precision.h)
     return corr2d_backward_input_cpu(
-               upcast(grad_output_arg), upcast(weight_arg), input_size_sym, stride, padding, dilation, groups)
+               upcast(grad_output_arg), upcast(weight_arg), input_size_arg, stride, padding, dilation, groups)
         .to(grad_output_arg.scalar_type());
   }
 
@@ -307,7 +274,7 @@ Tensor corr2d_backward_input_cpu(
   }
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor weight = weight_arg.contiguous();
-  const auto g = make_geometry(input_size, weight.sizes(), stride, padding, dilation);
+  const auto g = make_corr2d_geometry(input_size, weight.sizes(), stride, padding, dilation);
   const int64_t out_channels = weight.size(0);
   const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
@@ -320,8 +287,8 @@ Tensor corr2d_backward_input_cpu(
   Scratch grad_output_scratch(out_channels * chunk_size * L, grad_output.options());
   for_each_chunk(input_size[0], chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
-    const Tensor grad_out = chunk_grad_output(grad_output, chunk, grad_output_scratch)
-                                .view({groups, out_channels_per_group, width});
+    const Tensor grad_out =
+        chunk_grad_output(grad_output, chunk, grad_output_scratch).view({groups, out_channels_per_group, width});
     if (chunk.size == 1 && g.columns_are_input()) {
       // The columns are the input: the GEMM gives the input's gradient directly.
       Tensor grad_in = grad_input[chunk.first].view({groups, rows_per_group, L});
@@ -338,7 +305,7 @@ Tensor corr2d_backward_input_cpu(
       at::mm_out(dst, weight_t[k], grad_out[k]);
     }
     AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "pycnn_col2im", [&] {
-      const int64_t sample_elements = g.channels * g.height * g.width;
+      const int64_t sample_elements = g.channels * g.in_h * g.in_w;
       for (int64_t s = 0; s < chunk.size; ++s) {
         col2im<scalar_t>(
             cols.const_data_ptr<scalar_t>() + s * L, width, g,
@@ -350,22 +317,22 @@ Tensor corr2d_backward_input_cpu(
 }
 
 std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
-    const Tensor& grad_output_arg, const Tensor& input_arg, c10::SymIntArrayRef weight_size_sym, IntArrayRef stride,
+    const Tensor& grad_output_arg, const Tensor& input_arg, c10::SymIntArrayRef weight_size_arg, IntArrayRef stride,
     IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  const auto weight_size = C10_AS_INTARRAYREF_SLOW(weight_size_sym);
+  const auto weight_size = C10_AS_INTARRAYREF_SLOW(weight_size_arg);
   check_corr2d_backward(
       "pycnn.corr2d_backward_weight", grad_output_arg, input_arg, "input", input_arg.sizes(), weight_size, stride,
       padding, dilation, groups);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see corr2d_cpu
   if (is_reduced_precision(input_arg)) {  // in float32 (precision.h)
     auto [grad_weight, grad_bias] = corr2d_backward_weight_cpu(
-        upcast(grad_output_arg), upcast(input_arg), weight_size_sym, stride, padding, dilation, groups);
+        upcast(grad_output_arg), upcast(input_arg), weight_size_arg, stride, padding, dilation, groups);
     return {grad_weight.to(input_arg.scalar_type()), grad_bias.to(input_arg.scalar_type())};
   }
 
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor input = input_arg.contiguous();
-  const auto g = make_geometry(input.sizes(), weight_size, stride, padding, dilation);
+  const auto g = make_corr2d_geometry(input.sizes(), weight_size, stride, padding, dilation);
   const int64_t out_channels = weight_size[0];
   const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
@@ -384,8 +351,8 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   for_each_chunk(batch, chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
     const Tensor cols = chunk_columns(input, g, chunk, columns_scratch).view({groups, rows_per_group, width});
-    const Tensor grad_out = chunk_grad_output(grad_output, chunk, grad_output_scratch)
-                                .view({groups, out_channels_per_group, width});
+    const Tensor grad_out =
+        chunk_grad_output(grad_output, chunk, grad_output_scratch).view({groups, out_channels_per_group, width});
     Tensor acc = partial[chunk.slot];
     for (int64_t k = 0; k < groups; ++k) {
       Tensor acc_k = acc[k];
@@ -395,6 +362,8 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   Tensor grad_weight = partial.sum(0).view(weight_size);
   return {grad_weight, grad_bias};
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(pycnn, CPU, m) {
   m.impl("corr2d", &corr2d_cpu);

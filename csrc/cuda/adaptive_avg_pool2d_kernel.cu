@@ -6,15 +6,13 @@
 // thread per input element, gathering the gradients of the cells that cover it.
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common.cuh"
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 #include "pycnn/window.h"
 
 namespace pycnn {
@@ -22,18 +20,13 @@ namespace {
 
 using cuda::blocks_for;
 using cuda::kThreadsPerBlock;
+using cuda::launch;
 using cuda::with_format_of;
-
-// Shapes of one pooling, passed to the kernels by value.
-struct AdaptivePoolGeometry {
-  int64_t in_h, in_w;
-  int64_t out_h, out_w;
-};
 
 // `planes` is N * C; each (n, c) plane is pooled on its own.
 template <typename scalar_t>
-__global__ void adaptive_avg_pool2d_kernel(
-    const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t planes, AdaptivePoolGeometry g) {
+__global__ void adaptive_avg_pool2d_forward_kernel(
+    const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t planes, AdaptiveAvgPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t out_plane = g.out_h * g.out_w;
   PYCNN_GRID_STRIDE_LOOP(index, planes * out_plane) {
@@ -59,7 +52,7 @@ __global__ void adaptive_avg_pool2d_kernel(
 // (coalesced) and combining their partial sums with shuffles. A thread per
 // output would read a whole plane alone, with few threads for the GPU.
 template <typename scalar_t>
-__global__ void global_avg_pool2d_kernel(
+__global__ void adaptive_avg_pool2d_forward_kernel_global(
     const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t planes, int64_t plane_size) {
   using opmath_t = at::opmath_type<scalar_t>;
   constexpr int64_t kWarpsPerBlock = kThreadsPerBlock / C10_WARP_SIZE;
@@ -85,7 +78,7 @@ __global__ void global_avg_pool2d_kernel(
 template <typename scalar_t>
 __global__ void adaptive_avg_pool2d_backward_kernel(
     const scalar_t* __restrict__ grad_output, scalar_t* __restrict__ grad_input, int64_t planes,
-    AdaptivePoolGeometry g) {
+    AdaptiveAvgPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t in_plane = g.in_h * g.in_w;
   PYCNN_GRID_STRIDE_LOOP(index, planes * in_plane) {
@@ -130,19 +123,19 @@ Tensor adaptive_avg_pool2d_cuda(const Tensor& input_arg, IntArrayRef output_size
   if (output.numel() == 0) {
     return with_format_of(output, input_arg);
   }
-  const AdaptivePoolGeometry g{input.size(2), input.size(3), output_shape[2], output_shape[3]};
+  const AdaptiveAvgPool2dGeometry g = make_adaptive_avg_pool2d_geometry(input.sizes(), output_shape);
   const int64_t planes = input.size(0) * input.size(1);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_adaptive_avg_pool2d_cuda", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_adaptive_avg_pool2d_cuda", [&] {
     if (g.out_h == 1 && g.out_w == 1) {
       // One warp per plane: blocks_for counts threads, so ask for a warp's worth per plane.
-      global_avg_pool2d_kernel<scalar_t><<<blocks_for(planes * C10_WARP_SIZE), kThreadsPerBlock, 0, stream>>>(
+      launch(
+          adaptive_avg_pool2d_forward_kernel_global<scalar_t>, blocks_for(planes * C10_WARP_SIZE),
           input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), planes, g.in_h * g.in_w);
     } else {
-      adaptive_avg_pool2d_kernel<scalar_t><<<blocks_for(output.numel()), kThreadsPerBlock, 0, stream>>>(
-          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), planes, g);
+      launch(
+          adaptive_avg_pool2d_forward_kernel<scalar_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
+          output.mutable_data_ptr<scalar_t>(), planes, g);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return with_format_of(output, input_arg);
 }
@@ -159,22 +152,21 @@ Tensor adaptive_avg_pool2d_backward_cuda(const Tensor& grad_output_arg, const Te
   if (grad_input.numel() == 0) {
     return with_format_of(grad_input, input_arg);
   }
-  const AdaptivePoolGeometry g{input_arg.size(2), input_arg.size(3), output_shape[2], output_shape[3]};
+  const AdaptiveAvgPool2dGeometry g = make_adaptive_avg_pool2d_geometry(input_arg.sizes(), output_shape);
   const int64_t planes = input_arg.size(0) * input_arg.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input_arg.scalar_type(), "pycnn_adaptive_avg_pool2d_backward_cuda", [&] {
-        adaptive_avg_pool2d_backward_kernel<scalar_t>
-            <<<blocks_for(grad_input.numel()), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-                grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), planes, g);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  PYCNN_DISPATCH_FLOATING_TYPES(input_arg.scalar_type(), "pycnn_adaptive_avg_pool2d_backward_cuda", [&] {
+    launch(
+        adaptive_avg_pool2d_backward_kernel<scalar_t>, blocks_for(grad_input.numel()),
+        grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), planes, g);
+  });
   return with_format_of(grad_input, input_arg);
 }
 
 }  // namespace
-}  // namespace pycnn
 
 TORCH_LIBRARY_IMPL(pycnn, CUDA, m) {
-  m.impl("adaptive_avg_pool2d", &pycnn::adaptive_avg_pool2d_cuda);
-  m.impl("adaptive_avg_pool2d_backward", &pycnn::adaptive_avg_pool2d_backward_cuda);
+  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cuda);
+  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cuda);
 }
+
+}  // namespace pycnn

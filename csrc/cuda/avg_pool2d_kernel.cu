@@ -5,57 +5,32 @@
 // outputs whose windows contain it.
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common.cuh"
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 #include "pycnn/window.h"
 
 namespace pycnn {
 namespace {
 
 using cuda::blocks_for;
-using cuda::kThreadsPerBlock;
+using cuda::launch;
 using cuda::with_format_of;
-
-// Shapes and hyper-parameters of one pooling, passed to the kernels by value.
-struct AvgPoolGeometry {
-  int64_t in_h, in_w;
-  int64_t out_h, out_w;
-  int64_t kernel_h, kernel_w;
-  int64_t stride_h, stride_w;
-  int64_t pad_h, pad_w;
-  bool count_include_pad;
-  int64_t divisor_override;  // 0: not given
-};
-
-__device__ __forceinline__ AvgWindow window_of(int64_t oh, int64_t ow, const AvgPoolGeometry& g) {
-  return avg_pool_window(
-      oh, ow, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.count_include_pad,
-      g.divisor_override);
-}
-
-// A window clipped to the input can be empty: with ceil_mode the last window
-// may start in the right / bottom padding.
-__device__ __forceinline__ bool is_empty(const AvgWindow& window) {
-  return window.h0 >= window.h1 || window.w0 >= window.w1;
-}
 
 // `planes` is N * C; each (n, c) plane is pooled on its own.
 template <typename scalar_t>
-__global__ void avg_pool2d_kernel(
-    const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t planes, AvgPoolGeometry g) {
+__global__ void avg_pool2d_forward_kernel(
+    const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t planes, AvgPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t out_plane = g.out_h * g.out_w;
   PYCNN_GRID_STRIDE_LOOP(index, planes * out_plane) {
     const int64_t plane = index / out_plane;
-    const AvgWindow window = window_of((index % out_plane) / g.out_w, index % g.out_w, g);
-    if (is_empty(window)) {
+    const AvgWindow window = g.window((index % out_plane) / g.out_w, index % g.out_w);
+    if (avg_pool_window_empty(window)) {
       output[index] = scalar_t(0);
       continue;
     }
@@ -76,7 +51,7 @@ __global__ void avg_pool2d_kernel(
 // need atomics, which are slower for half / bfloat16 and non-deterministic.
 template <typename scalar_t>
 __global__ void avg_pool2d_backward_kernel(
-    const scalar_t* __restrict__ grad_output, scalar_t* __restrict__ grad_input, int64_t planes, AvgPoolGeometry g) {
+    const scalar_t* __restrict__ grad_output, scalar_t* __restrict__ grad_input, int64_t planes, AvgPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t in_plane = g.in_h * g.in_w;
   PYCNN_GRID_STRIDE_LOOP(index, planes * in_plane) {
@@ -94,7 +69,7 @@ __global__ void avg_pool2d_backward_kernel(
     opmath_t sum = 0;
     for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
       for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
-        const AvgWindow window = window_of(oh, ow, g);
+        const AvgWindow window = g.window(oh, ow);
         if (h >= window.h0 && h < window.h1 && w >= window.w0 && w < window.w1) {
           sum += static_cast<opmath_t>(plane_grad_output[oh * g.out_w + ow]) / static_cast<opmath_t>(window.divisor);
         }
@@ -104,34 +79,26 @@ __global__ void avg_pool2d_backward_kernel(
   }
 }
 
-// --- host helpers -----------------------------------------------------------
-
-AvgPoolGeometry make_geometry(
-    IntArrayRef input_size, IntArrayRef output_size, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
-    bool count_include_pad, std::optional<int64_t> divisor_override) {
-  return {input_size[2], input_size[3], output_size[2], output_size[3], kernel_size[0],    kernel_size[1],
-          stride[0],     stride[1],     padding[0],     padding[1],     count_include_pad, divisor_override.value_or(0)};
-}
-
 // --- entry points -----------------------------------------------------------
 
 Tensor avg_pool2d_cuda(
     const Tensor& input_arg, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
     bool count_include_pad, std::optional<int64_t> divisor_override) {
-  const auto output_shape = avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const auto output_shape =
+      avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const Tensor input = input_arg.contiguous();
   Tensor output = at::empty(output_shape, input.options());
   if (output.numel() == 0) {
     return with_format_of(output, input_arg);
   }
-  const AvgPoolGeometry g =
-      make_geometry(input.sizes(), output_shape, kernel_size, stride, padding, count_include_pad, divisor_override);
+  const AvgPool2dGeometry g = make_avg_pool2d_geometry(
+      input.sizes(), output_shape, kernel_size, stride, padding, count_include_pad, divisor_override);
   const int64_t planes = input.size(0) * input.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_avg_pool2d_cuda", [&] {
-    avg_pool2d_kernel<scalar_t><<<blocks_for(output.numel()), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), planes, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_avg_pool2d_cuda", [&] {
+    launch(
+        avg_pool2d_forward_kernel<scalar_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
+        output.mutable_data_ptr<scalar_t>(), planes, g);
   });
   return with_format_of(output, input_arg);
 }
@@ -140,7 +107,8 @@ Tensor avg_pool2d_backward_cuda(
     const Tensor& grad_output_arg, const Tensor& input_arg, IntArrayRef kernel_size, IntArrayRef stride,
     IntArrayRef padding, bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
   constexpr const char* op = "pycnn.avg_pool2d_backward";
-  const auto output_shape = avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const auto output_shape =
+      avg_pool2d_output_shape(input_arg, kernel_size, stride, padding, ceil_mode, divisor_override);
   check_grad_output(op, grad_output_arg, input_arg, output_shape);
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const Tensor grad_output = grad_output_arg.contiguous();
@@ -148,22 +116,22 @@ Tensor avg_pool2d_backward_cuda(
   if (grad_input.numel() == 0) {
     return with_format_of(grad_input, input_arg);
   }
-  const AvgPoolGeometry g =
-      make_geometry(input_arg.sizes(), output_shape, kernel_size, stride, padding, count_include_pad, divisor_override);
+  const AvgPool2dGeometry g = make_avg_pool2d_geometry(
+      input_arg.sizes(), output_shape, kernel_size, stride, padding, count_include_pad, divisor_override);
   const int64_t planes = input_arg.size(0) * input_arg.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_arg.scalar_type(), "pycnn_avg_pool2d_backward_cuda", [&] {
-    avg_pool2d_backward_kernel<scalar_t>
-        <<<blocks_for(grad_input.numel()), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), planes, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  PYCNN_DISPATCH_FLOATING_TYPES(input_arg.scalar_type(), "pycnn_avg_pool2d_backward_cuda", [&] {
+    launch(
+        avg_pool2d_backward_kernel<scalar_t>, blocks_for(grad_input.numel()), grad_output.const_data_ptr<scalar_t>(),
+        grad_input.mutable_data_ptr<scalar_t>(), planes, g);
   });
   return with_format_of(grad_input, input_arg);
 }
 
 }  // namespace
-}  // namespace pycnn
 
 TORCH_LIBRARY_IMPL(pycnn, CUDA, m) {
-  m.impl("avg_pool2d", &pycnn::avg_pool2d_cuda);
-  m.impl("avg_pool2d_backward", &pycnn::avg_pool2d_backward_cuda);
+  m.impl("avg_pool2d", &avg_pool2d_cuda);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cuda);
 }
+
+}  // namespace pycnn

@@ -14,10 +14,7 @@
 // cancel catastrophically when the mean is large against the spread.
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -26,19 +23,15 @@
 
 #include "common.cuh"
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 
 namespace pycnn {
 namespace {
 
 using cuda::blocks_for;
 using cuda::kThreadsPerBlock;
+using cuda::launch;
 using cuda::with_format_of;
-
-// The (N, C, S) view of the input.
-struct BatchNormShape {
-  int64_t batch, channels, spatial;
-  __host__ __device__ int64_t channel_numel() const { return batch * spatial; }  // elements per channel
-};
 
 // How the elements of each channel are split between the blocks of the first pass.
 struct ChannelSlices {
@@ -50,7 +43,7 @@ struct ChannelSlices {
 struct SliceBounds {
   int64_t begin, end;
 };
-__host__ __device__ __forceinline__ SliceBounds slice_bounds(int64_t split, ChannelSlices slices, int64_t channel_numel) {
+PYCNN_HOST_DEVICE SliceBounds slice_bounds(int64_t split, ChannelSlices slices, int64_t channel_numel) {
   const int64_t begin = std::min(split * slices.slice_length, channel_numel);
   return {begin, std::min(begin + slices.slice_length, channel_numel)};
 }
@@ -99,9 +92,9 @@ __device__ Welford<acc_t> block_welford(Welford<acc_t> stats) {
   const int lane = threadIdx.x % C10_WARP_SIZE;
   const int warp = threadIdx.x / C10_WARP_SIZE;
   for (int offset = C10_WARP_SIZE / 2; offset > 0; offset /= 2) {
-    const Welford<acc_t> other{
-        __shfl_down_sync(0xffffffffu, stats.count, offset), __shfl_down_sync(0xffffffffu, stats.mean, offset),
-        __shfl_down_sync(0xffffffffu, stats.m2, offset)};
+    const Welford<acc_t> other{__shfl_down_sync(0xffffffffu, stats.count, offset),
+                               __shfl_down_sync(0xffffffffu, stats.mean, offset),
+                               __shfl_down_sync(0xffffffffu, stats.m2, offset)};
     stats = welford_merge(stats, other);
   }
   if (lane == 0) {
@@ -146,8 +139,9 @@ __global__ void batch_stats_partial_kernel(
 // estimate).
 template <typename scalar_t>
 __global__ void batch_stats_finalize_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ partial_mean, const at::opmath_type<scalar_t>* __restrict__ partial_m2,
-    BatchNormShape shape, ChannelSlices slices, at::opmath_type<scalar_t> eps, at::opmath_type<scalar_t> momentum,
+    const at::opmath_type<scalar_t>* __restrict__ partial_mean,
+    const at::opmath_type<scalar_t>* __restrict__ partial_m2, BatchNormShape shape, ChannelSlices slices,
+    at::opmath_type<scalar_t> eps, at::opmath_type<scalar_t> momentum,
     at::opmath_type<scalar_t>* __restrict__ save_mean, at::opmath_type<scalar_t>* __restrict__ save_invstd,
     scalar_t* __restrict__ running_mean, scalar_t* __restrict__ running_var) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -156,8 +150,8 @@ __global__ void batch_stats_finalize_kernel(
     Welford<opmath_t> stats{0, 0, 0};
     for (int64_t split = 0; split < slices.splits; ++split) {
       const SliceBounds bounds = slice_bounds(split, slices, n);
-      const Welford<opmath_t> slice{
-          bounds.end - bounds.begin, partial_mean[c * slices.splits + split], partial_m2[c * slices.splits + split]};
+      const Welford<opmath_t> slice{bounds.end - bounds.begin, partial_mean[c * slices.splits + split],
+                                    partial_m2[c * slices.splits + split]};
       stats = welford_merge(stats, slice);
     }
     const opmath_t variance = stats.m2 / static_cast<opmath_t>(n);
@@ -165,8 +159,8 @@ __global__ void batch_stats_finalize_kernel(
     save_invstd[c] = opmath_t(1) / std::sqrt(variance + eps);
     if (running_mean != nullptr) {
       const opmath_t unbiased_variance = n > 1 ? stats.m2 / static_cast<opmath_t>(n - 1) : variance;
-      running_mean[c] =
-          static_cast<scalar_t>((opmath_t(1) - momentum) * static_cast<opmath_t>(running_mean[c]) + momentum * stats.mean);
+      running_mean[c] = static_cast<scalar_t>(
+          (opmath_t(1) - momentum) * static_cast<opmath_t>(running_mean[c]) + momentum * stats.mean);
       running_var[c] = static_cast<scalar_t>(
           (opmath_t(1) - momentum) * static_cast<opmath_t>(running_var[c]) + momentum * unbiased_variance);
     }
@@ -238,9 +232,10 @@ __global__ void grad_sums_partial_kernel(
 // (the gradient through the mean and variance), and without them both are 0.
 template <typename scalar_t>
 __global__ void grad_sums_finalize_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ partial_sum_dy, const at::opmath_type<scalar_t>* __restrict__ partial_dot,
-    const at::opmath_type<scalar_t>* __restrict__ invstd, const scalar_t* __restrict__ weight, BatchNormShape shape,
-    ChannelSlices slices, bool used_batch_stats, scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias,
+    const at::opmath_type<scalar_t>* __restrict__ partial_sum_dy,
+    const at::opmath_type<scalar_t>* __restrict__ partial_dot, const at::opmath_type<scalar_t>* __restrict__ invstd,
+    const scalar_t* __restrict__ weight, BatchNormShape shape, ChannelSlices slices, bool used_batch_stats,
+    scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias,
     at::opmath_type<scalar_t>* __restrict__ mean_dy, at::opmath_type<scalar_t>* __restrict__ x_scale,
     at::opmath_type<scalar_t>* __restrict__ dy_scale) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -272,29 +267,21 @@ __global__ void batch_norm_grad_input_kernel(
     const int64_t c = (index / shape.spatial) % shape.channels;
     const opmath_t dy = static_cast<opmath_t>(grad_output[index]);
     // Without batch statistics x does not enter (so an infinite x gives no NaN).
-    const opmath_t centered_dy = used_batch_stats
-        ? dy - mean_dy[c] - (static_cast<opmath_t>(input[index]) - mean[c]) * x_scale[c]
-        : dy;
+    const opmath_t centered_dy =
+        used_batch_stats ? dy - mean_dy[c] - (static_cast<opmath_t>(input[index]) - mean[c]) * x_scale[c] : dy;
     grad_input[index] = static_cast<scalar_t>(centered_dy * dy_scale[c]);
   }
 }
 
 // --- host helpers -----------------------------------------------------------
 
-BatchNormShape batch_norm_shape(const Tensor& input) {
-  int64_t spatial = 1;
-  for (int64_t d = 2; d < input.dim(); ++d) {
-    spatial *= input.size(d);
-  }
-  return {input.size(0), input.size(1), spatial};
-}
-
 // Enough blocks per channel that each reduces about kElementsPerBlock
 // elements, at most kMaxSplits (the second pass merges them sequentially).
 ChannelSlices channel_slices(int64_t channel_numel) {
   constexpr int64_t kElementsPerBlock = 16 * kThreadsPerBlock;
   constexpr int64_t kMaxSplits = 64;
-  const int64_t splits = std::clamp<int64_t>((channel_numel + kElementsPerBlock - 1) / kElementsPerBlock, 1, kMaxSplits);
+  const int64_t splits =
+      std::clamp<int64_t>((channel_numel + kElementsPerBlock - 1) / kElementsPerBlock, 1, kMaxSplits);
   return {splits, (channel_numel + splits - 1) / splits};
 }
 
@@ -313,8 +300,8 @@ const T* data_or_null(const Tensor& t) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
     const Tensor& input_arg, const std::optional<Tensor>& weight_arg, const std::optional<Tensor>& bias_arg,
-    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training,
-    double momentum, double eps) {
+    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training, double momentum,
+    double eps) {
   const at::ScalarType parameter_dtype = check_batch_norm(input_arg, weight_arg, bias_arg, running_mean, running_var);
   if (parameter_dtype != input_arg.scalar_type()) {
     // Mixed precision (float16 / bfloat16 input, float32 parameters): the
@@ -327,17 +314,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
   const bool has_running_stats = running_mean.has_value() && running_mean->defined();
   const bool use_batch_stats = training || !has_running_stats;
-  const BatchNormShape shape = batch_norm_shape(input_arg);
+  const BatchNormShape shape = make_batch_norm_shape(input_arg.sizes());
   const auto stats_options = input_arg.options().dtype(at::toOpMathType(input_arg.scalar_type()));
   Tensor output = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
   Tensor save_mean = at::empty({shape.channels}, stats_options);
   Tensor save_invstd = at::empty({shape.channels}, stats_options);
   // The operator is functional: the updated running statistics are returned,
   // starting as copies of the given ones (empty when none are given).
-  Tensor new_running_mean = has_running_stats ? running_mean->clone(at::MemoryFormat::Contiguous)
-                                              : at::empty({0}, input_arg.options());
-  Tensor new_running_var = has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous)
-                                             : at::empty({0}, input_arg.options());
+  Tensor new_running_mean =
+      has_running_stats ? running_mean->clone(at::MemoryFormat::Contiguous) : at::empty({0}, input_arg.options());
+  Tensor new_running_var =
+      has_running_stats ? running_var->clone(at::MemoryFormat::Contiguous) : at::empty({0}, input_arg.options());
   if (shape.channels == 0) {
     return {with_format_of(output, input_arg), save_mean, save_invstd, new_running_mean, new_running_var};
   }
@@ -352,36 +339,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
   const Tensor weight = weight_arg.has_value() && weight_arg->defined() ? weight_arg->contiguous() : Tensor();
   const Tensor bias = bias_arg.has_value() && bias_arg->defined() ? bias_arg->contiguous() : Tensor();
   const bool update_running_stats = use_batch_stats && has_running_stats;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_batch_norm_cuda", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     if (use_batch_stats) {
       const ChannelSlices slices = channel_slices(shape.channel_numel());
       Tensor partial_mean = at::empty({shape.channels * slices.splits}, stats_options);
       Tensor partial_m2 = at::empty({shape.channels * slices.splits}, stats_options);
-      batch_stats_partial_kernel<scalar_t><<<partial_grid(shape, slices), kThreadsPerBlock, 0, stream>>>(
-          input.const_data_ptr<scalar_t>(), partial_mean.mutable_data_ptr<opmath_t>(),
-          partial_m2.mutable_data_ptr<opmath_t>(), shape, slices);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      batch_stats_finalize_kernel<scalar_t><<<blocks_for(shape.channels), kThreadsPerBlock, 0, stream>>>(
-          partial_mean.const_data_ptr<opmath_t>(), partial_m2.const_data_ptr<opmath_t>(), shape, slices,
-          static_cast<opmath_t>(eps), static_cast<opmath_t>(momentum), save_mean.mutable_data_ptr<opmath_t>(),
+      launch(
+          batch_stats_partial_kernel<scalar_t>, partial_grid(shape, slices), input.const_data_ptr<scalar_t>(),
+          partial_mean.mutable_data_ptr<opmath_t>(), partial_m2.mutable_data_ptr<opmath_t>(), shape, slices);
+      launch(
+          batch_stats_finalize_kernel<scalar_t>, blocks_for(shape.channels), partial_mean.const_data_ptr<opmath_t>(),
+          partial_m2.const_data_ptr<opmath_t>(), shape, slices, static_cast<opmath_t>(eps),
+          static_cast<opmath_t>(momentum), save_mean.mutable_data_ptr<opmath_t>(),
           save_invstd.mutable_data_ptr<opmath_t>(),
           update_running_stats ? new_running_mean.mutable_data_ptr<scalar_t>() : nullptr,
           update_running_stats ? new_running_var.mutable_data_ptr<scalar_t>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
-      running_stats_kernel<scalar_t><<<blocks_for(shape.channels), kThreadsPerBlock, 0, stream>>>(
-          new_running_mean.const_data_ptr<scalar_t>(), new_running_var.const_data_ptr<scalar_t>(), shape.channels,
-          static_cast<opmath_t>(eps), save_mean.mutable_data_ptr<opmath_t>(), save_invstd.mutable_data_ptr<opmath_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(
+          running_stats_kernel<scalar_t>, blocks_for(shape.channels), new_running_mean.const_data_ptr<scalar_t>(),
+          new_running_var.const_data_ptr<scalar_t>(), shape.channels, static_cast<opmath_t>(eps),
+          save_mean.mutable_data_ptr<opmath_t>(), save_invstd.mutable_data_ptr<opmath_t>());
     }
     if (output.numel() > 0) {
-      batch_norm_output_kernel<scalar_t><<<blocks_for(output.numel()), kThreadsPerBlock, 0, stream>>>(
-          input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(), save_invstd.const_data_ptr<opmath_t>(),
-          data_or_null<scalar_t>(weight), data_or_null<scalar_t>(bias), output.mutable_data_ptr<scalar_t>(), shape);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(
+          batch_norm_output_kernel<scalar_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
+          save_mean.const_data_ptr<opmath_t>(), save_invstd.const_data_ptr<opmath_t>(), data_or_null<scalar_t>(weight),
+          data_or_null<scalar_t>(bias), output.mutable_data_ptr<scalar_t>(), shape);
     }
   });
   return {with_format_of(output, input_arg), save_mean, save_invstd, new_running_mean, new_running_var};
@@ -399,7 +384,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
     return {grad_input.to(input_arg.scalar_type()), grad_weight, grad_bias};
   }
   const at::cuda::OptionalCUDAGuard guard(device_of(input_arg));
-  const BatchNormShape shape = batch_norm_shape(input_arg);
+  const BatchNormShape shape = make_batch_norm_shape(input_arg.sizes());
   Tensor grad_input = at::empty(input_arg.sizes(), input_arg.options().memory_format(at::MemoryFormat::Contiguous));
   Tensor grad_weight = at::zeros({shape.channels}, input_arg.options());
   Tensor grad_bias = at::zeros({shape.channels}, input_arg.options());
@@ -413,42 +398,41 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
   const Tensor save_mean = save_mean_arg.contiguous();
   const Tensor save_invstd = save_invstd_arg.contiguous();
   const auto stats_options = save_mean.options();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_batch_norm_backward_cuda", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_backward_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const ChannelSlices slices = channel_slices(shape.channel_numel());
     Tensor partial_sum_dy = at::empty({shape.channels * slices.splits}, stats_options);
     Tensor partial_dot = at::empty({shape.channels * slices.splits}, stats_options);
-    grad_sums_partial_kernel<scalar_t><<<partial_grid(shape, slices), kThreadsPerBlock, 0, stream>>>(
-        grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(),
+    launch(
+        grad_sums_partial_kernel<scalar_t>, partial_grid(shape, slices), grad_output.const_data_ptr<scalar_t>(),
+        input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(),
         partial_sum_dy.mutable_data_ptr<opmath_t>(), partial_dot.mutable_data_ptr<opmath_t>(), shape, slices);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     Tensor mean_dy = at::empty({shape.channels}, stats_options);
     Tensor x_scale = at::empty({shape.channels}, stats_options);
     Tensor dy_scale = at::empty({shape.channels}, stats_options);
-    grad_sums_finalize_kernel<scalar_t><<<blocks_for(shape.channels), kThreadsPerBlock, 0, stream>>>(
-        partial_sum_dy.const_data_ptr<opmath_t>(), partial_dot.const_data_ptr<opmath_t>(),
-        save_invstd.const_data_ptr<opmath_t>(), data_or_null<scalar_t>(weight), shape, slices, used_batch_stats,
-        grad_weight.mutable_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(),
-        mean_dy.mutable_data_ptr<opmath_t>(), x_scale.mutable_data_ptr<opmath_t>(),
-        dy_scale.mutable_data_ptr<opmath_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(
+        grad_sums_finalize_kernel<scalar_t>, blocks_for(shape.channels), partial_sum_dy.const_data_ptr<opmath_t>(),
+        partial_dot.const_data_ptr<opmath_t>(), save_invstd.const_data_ptr<opmath_t>(), data_or_null<scalar_t>(weight),
+        shape, slices, used_batch_stats, grad_weight.mutable_data_ptr<scalar_t>(),
+        grad_bias.mutable_data_ptr<scalar_t>(), mean_dy.mutable_data_ptr<opmath_t>(),
+        x_scale.mutable_data_ptr<opmath_t>(), dy_scale.mutable_data_ptr<opmath_t>());
 
-    batch_norm_grad_input_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreadsPerBlock, 0, stream>>>(
-        grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(),
-        mean_dy.const_data_ptr<opmath_t>(), x_scale.const_data_ptr<opmath_t>(), dy_scale.const_data_ptr<opmath_t>(),
-        used_batch_stats, grad_input.mutable_data_ptr<scalar_t>(), shape);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(
+        batch_norm_grad_input_kernel<scalar_t>, blocks_for(grad_input.numel()), grad_output.const_data_ptr<scalar_t>(),
+        input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(), mean_dy.const_data_ptr<opmath_t>(),
+        x_scale.const_data_ptr<opmath_t>(), dy_scale.const_data_ptr<opmath_t>(), used_batch_stats,
+        grad_input.mutable_data_ptr<scalar_t>(), shape);
   });
   return {with_format_of(grad_input, input_arg), grad_weight, grad_bias};
 }
 
 }  // namespace
-}  // namespace pycnn
 
 TORCH_LIBRARY_IMPL(pycnn, CUDA, m) {
-  m.impl("batch_norm", &pycnn::batch_norm_cuda);
-  m.impl("batch_norm_backward", &pycnn::batch_norm_backward_cuda);
+  m.impl("batch_norm", &batch_norm_cuda);
+  m.impl("batch_norm_backward", &batch_norm_backward_cuda);
 }
+
+}  // namespace pycnn

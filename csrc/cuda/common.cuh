@@ -1,11 +1,15 @@
 // Launch and reduction helpers shared by pycnn's CUDA kernels.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 namespace pycnn::cuda {
 
@@ -21,9 +25,23 @@ inline unsigned int blocks_for(int64_t count) {
   return static_cast<unsigned int>(std::min((count + kThreadsPerBlock - 1) / kThreadsPerBlock, kMaxBlocks));
 }
 
+// The dtypes of every CUDA kernel: float32, float64, float16 and bfloat16 (the
+// last two accumulate in float32, at::opmath_type). Used as
+// AT_DISPATCH_FLOATING_TYPES: PYCNN_DISPATCH_FLOATING_TYPES(dtype, "name", [&] { ... }).
+#define PYCNN_DISPATCH_FLOATING_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// Launches `kernel` with `grid` blocks of kThreadsPerBlock threads on the
+// current stream, and checks that the launch succeeded.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, Args&&... args) {
+  kernel<<<grid, kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // for (index = this thread's first item; index < count; index += threads in the grid).
 // 64-bit so that tensors with more than 2^31 elements are indexed correctly.
-#define PYCNN_GRID_STRIDE_LOOP(index, count)                                                       \
+#define PYCNN_GRID_STRIDE_LOOP(index, count)                                                         \
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < (count); \
        index += static_cast<int64_t>(blockDim.x) * gridDim.x)
 

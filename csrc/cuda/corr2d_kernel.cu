@@ -16,33 +16,21 @@
 // in reverse (col2im is a gather, see col2im_kernel).
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common.cuh"
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 
 namespace pycnn {
 namespace {
 
 using cuda::blocks_for;
-using cuda::kThreadsPerBlock;
+using cuda::launch;
 using cuda::with_format_of;
-
-// Shapes and hyper-parameters of one correlation, passed to the kernels by value.
-struct Corr2dGeometry {
-  int64_t channels, in_h, in_w;  // input C, H, W
-  int64_t kernel_h, kernel_w;
-  int64_t stride_h, stride_w;
-  int64_t pad_h, pad_w;
-  int64_t dilation_h, dilation_w;
-  int64_t out_h, out_w;
-};
 
 template <typename scalar_t>
 __global__ void im2col_kernel(
@@ -130,26 +118,15 @@ __global__ void grad_bias_kernel(
 // holds as many samples as fit, and always at least one (none for an empty batch).
 constexpr int64_t kColumnBufferElements = int64_t{1} << 26;
 
-Corr2dGeometry make_geometry(
-    IntArrayRef input_size, IntArrayRef weight_size, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-    IntArrayRef output_size) {
-  return {input_size[1], input_size[2], input_size[3], weight_size[2], weight_size[3], stride[0], stride[1],
-          padding[0],    padding[1],    dilation[0],   dilation[1],    output_size[2], output_size[3]};
-}
-
-int64_t column_rows(const Corr2dGeometry& g) {
-  return g.channels * g.kernel_h * g.kernel_w;
-}
-
 int64_t samples_per_chunk(const Corr2dGeometry& g, int64_t batch) {
-  const int64_t elements_per_sample = std::max<int64_t>(column_rows(g) * g.out_h * g.out_w, 1);
+  const int64_t elements_per_sample = std::max<int64_t>(g.column_rows() * g.out_h * g.out_w, 1);
   return std::min(std::max<int64_t>(kColumnBufferElements / elements_per_sample, 1), batch);
 }
 
 // The column buffer of `samples` samples, viewed [G][K][samples * L] for the GEMMs.
 Tensor columns_view(const Tensor& buffer, const Corr2dGeometry& g, int64_t samples, int64_t groups) {
   const int64_t row_length = samples * g.out_h * g.out_w;
-  return buffer.narrow(0, 0, column_rows(g) * row_length).view({groups, column_rows(g) / groups, row_length});
+  return buffer.narrow(0, 0, g.column_rows() * row_length).view({groups, g.column_rows() / groups, row_length});
 }
 
 // grad_output of samples [first, first + samples), channel-major as the
@@ -170,10 +147,10 @@ void im2col(const Tensor& input, int64_t first, int64_t samples, const Corr2dGeo
     return;
   }
   const int64_t sample_size = g.channels * g.in_h * g.in_w;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_im2col_cuda", [&] {
-    im2col_kernel<scalar_t><<<blocks_for(count), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        input.const_data_ptr<scalar_t>() + first * sample_size, columns.mutable_data_ptr<scalar_t>(), g, samples);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_im2col_cuda", [&] {
+    launch(
+        im2col_kernel<scalar_t>, blocks_for(count), input.const_data_ptr<scalar_t>() + first * sample_size,
+        columns.mutable_data_ptr<scalar_t>(), g, samples);
   });
 }
 
@@ -184,10 +161,10 @@ void col2im(const Tensor& columns, int64_t first, int64_t samples, const Corr2dG
   if (count == 0) {
     return;
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "pycnn_col2im_cuda", [&] {
-    col2im_kernel<scalar_t><<<blocks_for(count), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        columns.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>() + first * sample_size, g, samples);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  PYCNN_DISPATCH_FLOATING_TYPES(columns.scalar_type(), "pycnn_col2im_cuda", [&] {
+    launch(
+        col2im_kernel<scalar_t>, blocks_for(count), columns.const_data_ptr<scalar_t>(),
+        grad_input.mutable_data_ptr<scalar_t>() + first * sample_size, g, samples);
   });
 }
 
@@ -207,16 +184,16 @@ Tensor corr2d_cuda(
   if (output.numel() == 0) {
     return with_format_of(output, input_arg);
   }
-  const Corr2dGeometry g = make_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, output_shape);
+  const Corr2dGeometry g = make_corr2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation);
   const int64_t batch = input.size(0);
   const int64_t out_channels = output_shape[1];
   const int64_t out_plane = g.out_h * g.out_w;
-  const Tensor weight_groups = weight.view({groups, out_channels / groups, column_rows(g) / groups});
+  const Tensor weight_groups = weight.view({groups, out_channels / groups, g.column_rows() / groups});
   const bool has_bias = bias_arg.has_value() && bias_arg->defined();
   const Tensor bias_groups = has_bias ? bias_arg->contiguous().view({groups, out_channels / groups, 1}) : Tensor();
 
   const int64_t chunk = samples_per_chunk(g, batch);
-  const Tensor column_buffer = at::empty({column_rows(g) * chunk * out_plane}, input.options());
+  const Tensor column_buffer = at::empty({g.column_rows() * chunk * out_plane}, input.options());
   for (int64_t first = 0; first < batch; first += chunk) {
     const int64_t samples = std::min(chunk, batch - first);
     Tensor columns = columns_view(column_buffer, g, samples, groups);
@@ -248,15 +225,14 @@ Tensor corr2d_backward_input_cuda(
   if (grad_input.numel() == 0) {
     return with_format_of(grad_input, grad_output_arg);
   }
-  const Corr2dGeometry g = make_geometry(input_size, weight.sizes(), stride, padding, dilation, grad_output.sizes());
+  const Corr2dGeometry g = make_corr2d_geometry(input_size, weight.sizes(), stride, padding, dilation);
   const int64_t batch = input_size[0];
   const int64_t out_channels = weight.size(0);
   // W_g^T: [G][K][O / G].
-  const Tensor weight_groups_t =
-      weight.view({groups, out_channels / groups, column_rows(g) / groups}).transpose(1, 2);
+  const Tensor weight_groups_t = weight.view({groups, out_channels / groups, g.column_rows() / groups}).transpose(1, 2);
 
   const int64_t chunk = samples_per_chunk(g, batch);
-  const Tensor column_buffer = at::empty({column_rows(g) * chunk * g.out_h * g.out_w}, grad_output.options());
+  const Tensor column_buffer = at::empty({g.column_rows() * chunk * g.out_h * g.out_w}, grad_output.options());
   for (int64_t first = 0; first < batch; first += chunk) {
     const int64_t samples = std::min(chunk, batch - first);
     Tensor columns = columns_view(column_buffer, g, samples, groups);
@@ -278,7 +254,7 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cuda(
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see corr2d_cuda
   const Tensor input = input_arg.contiguous();
   const Tensor grad_output = grad_output_arg.contiguous();
-  const Corr2dGeometry g = make_geometry(input.sizes(), weight_size, stride, padding, dilation, grad_output.sizes());
+  const Corr2dGeometry g = make_corr2d_geometry(input.sizes(), weight_size, stride, padding, dilation);
   const int64_t batch = input.size(0);
   const int64_t out_channels = weight_size[0];
   const int64_t out_plane = g.out_h * g.out_w;
@@ -286,32 +262,35 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cuda(
   // The chunks' contributions are summed in the operator's accumulation type
   // (float32 for half / bfloat16), so that many chunks do not add many roundings.
   Tensor grad_weight_sum = at::zeros(
-      {groups, out_channels / groups, column_rows(g) / groups}, input.options().dtype(at::toOpMathType(input.scalar_type())));
+      {groups, out_channels / groups, g.column_rows() / groups},
+      input.options().dtype(at::toOpMathType(input.scalar_type())));
   const int64_t chunk = samples_per_chunk(g, batch);
-  const Tensor column_buffer = at::empty({column_rows(g) * chunk * out_plane}, input.options());
+  const Tensor column_buffer = at::empty({g.column_rows() * chunk * out_plane}, input.options());
   for (int64_t first = 0; first < batch; first += chunk) {
     const int64_t samples = std::min(chunk, batch - first);
     Tensor columns = columns_view(column_buffer, g, samples, groups);
     im2col(input, first, samples, g, columns);
-    grad_weight_sum.add_(at::bmm(grad_output_channel_major(grad_output, first, samples, groups), columns.transpose(1, 2)));
+    grad_weight_sum.add_(
+        at::bmm(grad_output_channel_major(grad_output, first, samples, groups), columns.transpose(1, 2)));
   }
   const Tensor grad_weight = grad_weight_sum.view(weight_size).to(input.scalar_type());
 
   Tensor grad_bias = at::empty({out_channels}, input.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_corr2d_grad_bias_cuda", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_corr2d_grad_bias_cuda", [&] {
     const unsigned int blocks = static_cast<unsigned int>(out_channels);  // one per output channel
-    grad_bias_kernel<scalar_t><<<blocks, kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad_output.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), batch, out_channels, out_plane);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(
+        grad_bias_kernel<scalar_t>, blocks, grad_output.const_data_ptr<scalar_t>(),
+        grad_bias.mutable_data_ptr<scalar_t>(), batch, out_channels, out_plane);
   });
   return {grad_weight, grad_bias};
 }
 
 }  // namespace
-}  // namespace pycnn
 
 TORCH_LIBRARY_IMPL(pycnn, CUDA, m) {
-  m.impl("corr2d", &pycnn::corr2d_cuda);
-  m.impl("corr2d_backward_input", &pycnn::corr2d_backward_input_cuda);
-  m.impl("corr2d_backward_weight", &pycnn::corr2d_backward_weight_cuda);
+  m.impl("corr2d", &corr2d_cuda);
+  m.impl("corr2d_backward_input", &corr2d_backward_input_cuda);
+  m.impl("corr2d_backward_weight", &corr2d_backward_weight_cuda);
 }
+
+}  // namespace pycnn

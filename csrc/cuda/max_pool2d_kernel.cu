@@ -6,41 +6,29 @@
 // index names it.
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/NumericUtils.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/NumericLimits.cuh>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common.cuh"
 #include "pycnn/checks.h"
+#include "pycnn/geometry.h"
 #include "pycnn/window.h"
 
 namespace pycnn {
 namespace {
 
 using cuda::blocks_for;
-using cuda::kThreadsPerBlock;
+using cuda::launch;
 using cuda::with_format_of;
-
-// Shapes and hyper-parameters of one pooling, passed to the kernels by value.
-struct MaxPoolGeometry {
-  int64_t in_h, in_w;
-  int64_t out_h, out_w;
-  int64_t kernel_h, kernel_w;
-  int64_t stride_h, stride_w;
-  int64_t pad_h, pad_w;
-  int64_t dilation_h, dilation_w;
-};
 
 // `planes` is N * C; each (n, c) plane is pooled on its own.
 template <typename scalar_t>
-__global__ void max_pool2d_kernel(
+__global__ void max_pool2d_forward_kernel(
     const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t* __restrict__ indices, int64_t planes,
-    MaxPoolGeometry g) {
+    MaxPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t out_plane = g.out_h * g.out_w;
   PYCNN_GRID_STRIDE_LOOP(index, planes * out_plane) {
@@ -79,15 +67,17 @@ __global__ void max_pool2d_kernel(
 template <typename scalar_t>
 __global__ void max_pool2d_backward_kernel(
     const scalar_t* __restrict__ grad_output, const int64_t* __restrict__ indices, scalar_t* __restrict__ grad_input,
-    int64_t planes, MaxPoolGeometry g) {
+    int64_t planes, MaxPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t in_plane = g.in_h * g.in_w;
   const int64_t out_plane = g.out_h * g.out_w;
   PYCNN_GRID_STRIDE_LOOP(index, planes * in_plane) {
     const int64_t plane = index / in_plane;
     const int64_t position = index % in_plane;
-    const OutputRange rows = outputs_containing(position / g.in_w, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, g.out_h);
-    const OutputRange cols = outputs_containing(position % g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, g.out_w);
+    const OutputRange rows =
+        outputs_containing(position / g.in_w, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, g.out_h);
+    const OutputRange cols =
+        outputs_containing(position % g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, g.out_w);
     const int64_t* plane_indices = indices + plane * out_plane;
     const scalar_t* plane_grad_output = grad_output + plane * out_plane;
     opmath_t sum = 0;
@@ -119,14 +109,13 @@ std::tuple<Tensor, Tensor> max_pool2d_cuda(
   if (output.numel() == 0) {
     return {with_format_of(output, input_arg), with_format_of(indices, input_arg)};
   }
-  const MaxPoolGeometry g{input.size(2), input.size(3), output_shape[2], output_shape[3], kernel_size[0], kernel_size[1],
-                          stride[0],     stride[1],     padding[0],      padding[1],      dilation[0],    dilation[1]};
+  const MaxPool2dGeometry g =
+      make_max_pool2d_geometry(input.sizes(), output_shape, kernel_size, stride, padding, dilation);
   const int64_t planes = input.size(0) * input.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pycnn_max_pool2d_cuda", [&] {
-    max_pool2d_kernel<scalar_t><<<blocks_for(output.numel()), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(),
-        planes, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_max_pool2d_cuda", [&] {
+    launch(
+        max_pool2d_forward_kernel<scalar_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
+        output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), planes, g);
   });
   return {with_format_of(output, input_arg), with_format_of(indices, input_arg)};
 }
@@ -146,23 +135,22 @@ Tensor max_pool2d_backward_cuda(
   if (grad_output.numel() == 0) {
     return with_format_of(grad_input.zero_(), input_arg);
   }
-  const MaxPoolGeometry g{input_arg.size(2), input_arg.size(3), output_shape[2], output_shape[3],
-                          kernel_size[0],    kernel_size[1],    stride[0],       stride[1],
-                          padding[0],        padding[1],        dilation[0],     dilation[1]};
+  const MaxPool2dGeometry g =
+      make_max_pool2d_geometry(input_arg.sizes(), output_shape, kernel_size, stride, padding, dilation);
   const int64_t planes = input_arg.size(0) * input_arg.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_arg.scalar_type(), "pycnn_max_pool2d_backward_cuda", [&] {
-    max_pool2d_backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
-        grad_input.mutable_data_ptr<scalar_t>(), planes, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  PYCNN_DISPATCH_FLOATING_TYPES(input_arg.scalar_type(), "pycnn_max_pool2d_backward_cuda", [&] {
+    launch(
+        max_pool2d_backward_kernel<scalar_t>, blocks_for(grad_input.numel()), grad_output.const_data_ptr<scalar_t>(),
+        indices.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>(), planes, g);
   });
   return with_format_of(grad_input, input_arg);
 }
 
 }  // namespace
-}  // namespace pycnn
 
 TORCH_LIBRARY_IMPL(pycnn, CUDA, m) {
-  m.impl("max_pool2d", &pycnn::max_pool2d_cuda);
-  m.impl("max_pool2d_backward", &pycnn::max_pool2d_backward_cuda);
+  m.impl("max_pool2d", &max_pool2d_cuda);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
 }
+
+}  // namespace pycnn

@@ -102,7 +102,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
 
 uint32_t big_endian_u32(const std::vector<uint8_t>& data, size_t offset) {
   return (uint32_t(data[offset]) << 24) | (uint32_t(data[offset + 1]) << 16) | (uint32_t(data[offset + 2]) << 8) |
-         uint32_t(data[offset + 3]);
+      uint32_t(data[offset + 3]);
 }
 
 // An IDX file of unsigned bytes: magic 0x00 0x00 0x08 <rank>, then rank
@@ -110,8 +110,9 @@ uint32_t big_endian_u32(const std::vector<uint8_t>& data, size_t offset) {
 torch::Tensor read_idx(const std::string& path, int64_t expected_rank) {
   std::vector<uint8_t> data = read_file(path);
   if (data.size() < 4 || data[0] != 0 || data[1] != 0 || data[2] != 0x08 || data[3] != expected_rank) {
-    throw std::runtime_error(path + ": not an IDX file of unsigned bytes with " + std::to_string(expected_rank) +
-                             " dimensions (wrong magic number)");
+    throw std::runtime_error(
+        path + ": not an IDX file of unsigned bytes with " + std::to_string(expected_rank) +
+        " dimensions (wrong magic number)");
   }
   const size_t header = 4 + 4 * static_cast<size_t>(expected_rank);
   if (data.size() < header) {
@@ -124,8 +125,8 @@ torch::Tensor read_idx(const std::string& path, int64_t expected_rank) {
     count *= sizes.back();
   }
   if (data.size() != header + count) {
-    throw std::runtime_error(path + ": expected " + std::to_string(count) + " bytes of data, found " +
-                             std::to_string(data.size() - header));
+    throw std::runtime_error(
+        path + ": expected " + std::to_string(count) + " bytes of data, found " + std::to_string(data.size() - header));
   }
   return torch::from_blob(data.data() + header, sizes, torch::kUInt8).clone();
 }
@@ -138,15 +139,17 @@ std::string find_file(const std::string& dir, const std::string& stem) {
       return path;
     }
   }
-  throw std::runtime_error("Fashion-MNIST test file " + stem + "[.gz] not found in " + dir +
-                           " (install Debian's package dataset-fashion-mnist, or pass --data-dir)");
+  throw std::runtime_error(
+      "Fashion-MNIST test file " + stem + "[.gz] not found in " + dir +
+      " (install Debian's package dataset-fashion-mnist, or pass --data-dir)");
 }
 
 // The model's (C, H, W) input size: its default_input_size attribute, which
 // pycnn.models' classes carry into TorchScript.
 std::vector<int64_t> input_size_of(const torch::jit::Module& model) {
   if (!model.hasattr("default_input_size")) {
-    throw std::runtime_error("the model has no default_input_size attribute: export it with python -m export.torchscript");
+    throw std::runtime_error(
+        "the model has no default_input_size attribute: export it with python -m export.torchscript");
   }
   std::vector<int64_t> size;
   for (const auto& element : model.attr("default_input_size").toTupleRef().elements()) {
@@ -188,10 +191,11 @@ int run(const Options& options) {
     torch::Tensor x = images.narrow(0, first, n).unsqueeze(1).to(device).to(torch::kFloat32).div_(255.0);
     if (x.size(2) != input_size[1] || x.size(3) != input_size[2]) {
       x = torch::nn::functional::interpolate(
-          x, torch::nn::functional::InterpolateFuncOptions()
-                 .size(std::vector<int64_t>{input_size[1], input_size[2]})
-                 .mode(torch::kBilinear)
-                 .align_corners(false));
+          x,
+          torch::nn::functional::InterpolateFuncOptions()
+              .size(std::vector<int64_t>{input_size[1], input_size[2]})
+              .mode(torch::kBilinear)
+              .align_corners(false));
     }
     if (input_size[0] != 1) {
       x = x.expand({n, input_size[0], input_size[1], input_size[2]}).contiguous();
@@ -200,7 +204,8 @@ int run(const Options& options) {
     if (device.is_cuda()) {
       torch::cuda::synchronize();
     }
-    batch_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - batch_start).count());
+    batch_ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - batch_start).count());
     correct += predicted.eq(labels.narrow(0, first, n)).sum().item<int64_t>();
     const int64_t* p = predicted.data_ptr<int64_t>();
     predictions.insert(predictions.end(), p, p + n);

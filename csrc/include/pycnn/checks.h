@@ -23,14 +23,14 @@ using at::Tensor;
 inline void check_pair(const char* op, const char* name, IntArrayRef value, int64_t minimum) {
   TORCH_CHECK(value.size() == 2, op, ": ", name, " must have 2 elements, got ", value);
   TORCH_CHECK(
-      value[0] >= minimum && value[1] >= minimum, op, ": ", name, " must be >= ", minimum,
-      " in both dimensions, got ", value);
+      value[0] >= minimum && value[1] >= minimum, op, ": ", name, " must be >= ", minimum, " in both dimensions, got ",
+      value);
 }
 
 inline void check_rank(const char* op, const char* name, const Tensor& t, int64_t rank, const char* layout) {
   TORCH_CHECK(
-      t.dim() == rank, op, ": expected ", name, " of rank ", rank, " ", layout, ", got rank ", t.dim(),
-      " with shape ", t.sizes());
+      t.dim() == rank, op, ": expected ", name, " of rank ", rank, " ", layout, ", got rank ", t.dim(), " with shape ",
+      t.sizes());
 }
 
 // `other` must live on the same device and have the same dtype as `reference`.
@@ -57,8 +57,8 @@ inline void check_floating_dtype(const char* op, const Tensor& input) {
 inline void check_spatial_output(const char* op, const Tensor& input, int64_t out_h, int64_t out_w) {
   TORCH_CHECK(
       out_h >= 1 && out_w >= 1, op, ": the output size (", out_h, ", ", out_w,
-      ") is below 1: the (dilated) window does not fit in the padded input of spatial size (",
-      input.size(2), ", ", input.size(3), ")");
+      ") is below 1: the (dilated) window does not fit in the padded input of spatial size (", input.size(2), ", ",
+      input.size(3), ")");
 }
 
 // --- corr2d -----------------------------------------------------------------
@@ -73,8 +73,9 @@ inline std::vector<int64_t> corr2d_geometry(
       input_size.size() == 4, op, ": expected input of rank 4 (N, C, H, W), got rank ", input_size.size(),
       " with shape ", input_size);
   TORCH_CHECK(
-      weight_size.size() == 4, op, ": expected weight of rank 4 (out_channels, in_channels / groups, kH, kW), got rank ",
-      weight_size.size(), " with shape ", weight_size);
+      weight_size.size() == 4, op,
+      ": expected weight of rank 4 (out_channels, in_channels / groups, kH, kW), got rank ", weight_size.size(),
+      " with shape ", weight_size);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
   check_pair(op, "dilation", dilation, 1);
@@ -84,8 +85,8 @@ inline std::vector<int64_t> corr2d_geometry(
       out_channels >= 1 && out_channels % groups == 0, op, ": weight.size(0) (out_channels = ", out_channels,
       ") must be a positive multiple of groups = ", groups);
   TORCH_CHECK(
-      weight_size[2] >= 1 && weight_size[3] >= 1, op, ": kernel size (weight.size(2), weight.size(3)) must be >= 1, got (",
-      weight_size[2], ", ", weight_size[3], ")");
+      weight_size[2] >= 1 && weight_size[3] >= 1, op,
+      ": kernel size (weight.size(2), weight.size(3)) must be >= 1, got (", weight_size[2], ", ", weight_size[3], ")");
   TORCH_CHECK(
       input_size[1] == weight_size[1] * groups, op, ": input has ", input_size[1],
       " channels but weight expects in_channels = weight.size(1) * groups = ", weight_size[1], " * ", groups, " = ",
@@ -148,8 +149,10 @@ inline std::vector<int64_t> max_pool2d_output_shape(
   check_pair(op, "padding", padding, 0);
   check_pair(op, "dilation", dilation, 1);
   check_pool_padding(op, kernel_size, padding);
-  const int64_t out_h = pooling_output_size(input.size(2), kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode);
-  const int64_t out_w = pooling_output_size(input.size(3), kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode);
+  const int64_t out_h =
+      pooling_output_size(input.size(2), kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode);
+  const int64_t out_w =
+      pooling_output_size(input.size(3), kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode);
   check_spatial_output(op, input, out_h, out_w);
   return {input.size(0), input.size(1), out_h, out_w};
 }
@@ -177,8 +180,7 @@ inline std::vector<int64_t> adaptive_avg_pool2d_output_shape(const Tensor& input
   check_rank(op, "input", input, 4, "(N, C, H, W)");
   check_floating_dtype(op, input);
   check_pair(op, "output_size", output_size, 1);
-  TORCH_CHECK(
-      input.size(2) >= 1 && input.size(3) >= 1, op, ": input spatial size must be >= 1, got ", input.sizes());
+  TORCH_CHECK(input.size(2) >= 1 && input.size(3) >= 1, op, ": input spatial size must be >= 1, got ", input.sizes());
   return {input.size(0), input.size(1), output_size[0], output_size[1]};
 }
 
@@ -209,7 +211,8 @@ inline void check_max_pool2d_backward(
 // the input's, or float32 with a float16 / bfloat16 input (mixed precision, as
 // native accepts). Returns that dtype (the input's when none is given).
 inline at::ScalarType check_channel_vectors(
-    const char* op, const Tensor& input, std::initializer_list<std::pair<const char*, const std::optional<Tensor>*>> vectors) {
+    const char* op, const Tensor& input,
+    std::initializer_list<std::pair<const char*, const std::optional<Tensor>*>> vectors) {
   std::optional<at::ScalarType> dtype;
   const char* first = nullptr;
   for (const auto& [name, vector] : vectors) {
@@ -240,8 +243,9 @@ inline at::ScalarType check_channel_vectors(
 
 inline void check_batch_norm_input(const char* op, const Tensor& input) {
   TORCH_CHECK(
-      input.dim() >= 2 && input.dim() <= 4, op, ": expected input of rank 2 (N, C), 3 (N, C, L) or 4 (N, C, H, W), got rank ",
-      input.dim(), " with shape ", input.sizes());
+      input.dim() >= 2 && input.dim() <= 4, op,
+      ": expected input of rank 2 (N, C), 3 (N, C, L) or 4 (N, C, H, W), got rank ", input.dim(), " with shape ",
+      input.sizes());
   check_floating_dtype(op, input);
 }
 

@@ -93,9 +93,8 @@ struct AvgWindow {
   int64_t divisor;
 };
 PYCNN_HOST_DEVICE AvgWindow avg_pool_window(
-    int64_t oh, int64_t ow, int64_t in_h, int64_t in_w, int64_t kernel_h, int64_t kernel_w,
-    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, bool count_include_pad,
-    int64_t divisor_override) {
+    int64_t oh, int64_t ow, int64_t in_h, int64_t in_w, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, bool count_include_pad, int64_t divisor_override) {
   int64_t h0 = oh * stride_h - pad_h;
   int64_t w0 = ow * stride_w - pad_w;
   int64_t h1 = h0 + kernel_h < in_h + pad_h ? h0 + kernel_h : in_h + pad_h;
@@ -114,6 +113,13 @@ PYCNN_HOST_DEVICE AvgWindow avg_pool_window(
     divisor = (h1 - h0) * (w1 - w0);
   }
   return {h0, h1, w0, w1, divisor};
+}
+
+// Whether an average-pooling window, clipped to the input, holds nothing: with
+// ceil_mode the last window may start in the right / bottom padding. Its
+// output is 0, as PyTorch's.
+PYCNN_HOST_DEVICE bool avg_pool_window_empty(const AvgWindow& window) {
+  return window.h0 >= window.h1 || window.w0 >= window.w1;
 }
 
 }  // namespace pycnn
