@@ -18,10 +18,14 @@ prepare_images in the training loop), which is what the training CLI does on
 CUDA: the copy stays 28x28 uint8 and the GPU interpolates. Either way the
 whole set is never resized up front (224x224 floats for 60k images is 12 GB).
 
-Augmentation (``augment=True``): random horizontal flip and a random 28x28 crop
-of the image padded by 2 pixels with zeros, drawn per batch from a generator
-seeded by (seed, epoch, rank, batch number), so a run's batches do not depend
-on the number of workers, and a resumed run sees the same batches.
+Augmentation (``augment=True`` or a preset name of pycnn.augment: "flip-crop",
+the default, is a random horizontal flip and a random 28x28 crop of the image
+padded by 2 pixels with zeros; "course", "erase", ... come from
+torchvision.transforms.v2), drawn per batch from a seed of (seed, epoch, rank,
+batch number), so a run's batches do not depend on the number of workers, and
+a resumed run sees the same batches.
+
+    python -m pycnn.data show --augment course --out grid.png    # augmented training images
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from pycnn.augment import make_augmentation
 import torch.nn.functional as F
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -219,11 +225,12 @@ class FashionMNIST(torch.utils.data.Dataset):
         data_dir: directory of the IDX files (default /usr/share/datasets/fashion-mnist).
         limit: keep only the first `limit` examples.
         size: (H, W) to resize to in the loader (None: leave uint8 28x28 for the caller).
-        augment: random flip and crop of each batch.
+        augment: an augmentation preset of pycnn.augment for each training
+            batch (True: "flip-crop", the random flip and crop; False: none).
     """
 
     def __init__(self, split: str = "train", data_dir: Optional[str] = None, limit: Optional[int] = None,
-                 size: Optional[Sequence[int]] = None, augment: bool = False):
+                 size: Optional[Sequence[int]] = None, augment=False):
         images, labels = load_split(split, data_dir)
         if limit is not None:
             if limit <= 0:
@@ -234,6 +241,7 @@ class FashionMNIST(torch.utils.data.Dataset):
         self.labels = torch.from_numpy(labels)
         self.size = tuple(size) if size is not None else None
         self.augment = augment
+        self.augmentation = make_augmentation(augment, IMAGE_HW)
         self.classes = CLASSES
 
     def __len__(self) -> int:
@@ -243,8 +251,8 @@ class FashionMNIST(torch.utils.data.Dataset):
         return self.images[index], int(self.labels[index])
 
     def transform_batch(self, images: torch.Tensor, seed: Optional[int]) -> torch.Tensor:
-        if self.augment and seed is not None:
-            images = augment_batch(images, torch.Generator().manual_seed(seed))
+        if self.augmentation is not None and seed is not None:
+            images = self.augmentation(images, seed)
         if self.size is None:
             return images.contiguous()
         return prepare_images(images, self.size)
@@ -335,5 +343,67 @@ def make_loader(dataset: FashionMNIST, batch_size: int, shuffle: bool, seed: int
         pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
+def show_augmentation(preset: str, out: str, images: int = 4, versions: int = 7, seed: int = 0,
+                      data_dir: Optional[str] = None) -> str:
+    """A grid of training images: each row one image, then `versions` augmented
+    copies of it (the batch seeds of epochs 0, 1, ...), as the course's
+    show_images draws them; written to `out` (PNG). Returns `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    augmentation = make_augmentation(preset, IMAGE_HW)
+    train_images, train_labels = load_split("train", data_dir)
+    originals = torch.from_numpy(np.ascontiguousarray(train_images[:images])).unsqueeze(1)
+    columns = [originals] + [originals if augmentation is None else augmentation(originals, batch_seed(seed, epoch, 0, 0))
+                             for epoch in range(versions)]
+    figure, axes = plt.subplots(images, versions + 1, figsize=(1.2 * (versions + 1), 1.3 * images), squeeze=False)
+    for row in range(images):
+        for column, batch in enumerate(columns):
+            axis = axes[row][column]
+            axis.imshow(batch[row, 0].numpy(), cmap="gray", vmin=0, vmax=255)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title("original" if column == 0 else f"epoch {column - 1}", fontsize=8)
+        axes[row][0].set_ylabel(CLASSES[train_labels[row]], fontsize=8)
+    figure.suptitle(f"--augment {preset}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import argparse
+    import sys
+
+    from pycnn.augment import PRESET_HELP
+
+    parser = argparse.ArgumentParser(prog="python -m pycnn.data", description="Fashion-MNIST helpers")
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("show", help="draw a grid of augmented training images")
+    show.add_argument("--augment", default="flip-crop", choices=list(PRESET_HELP),
+                      help="; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()))
+    show.add_argument("--out", default="augment.png", help="PNG to write (default augment.png)")
+    show.add_argument("--images", type=int, default=4, help="training images, one row each (default 4)")
+    show.add_argument("--versions", type=int, default=7, help="augmented copies of each (default 7)")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.versions < 1:
+        parser.error("--images and --versions must be at least 1")
+    try:
+        print(f"wrote {show_augmentation(args.augment, args.out, args.images, args.versions, args.seed, args.data_dir)}")
+    except DataNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 __all__ = ["CLASSES", "DEFAULT_DATA_DIR", "DEBIAN_PACKAGE", "DataNotFoundError", "FashionMNIST", "read_idx",
            "load_split", "download", "prepare_images", "augment_batch", "make_loader"]
+
+
+if __name__ == "__main__":
+    main()
