@@ -22,7 +22,7 @@ ops = torch.ops.pycnn
 _LIB = torch.library.Library("pycnn", "IMPL")
 
 
-# --- shared: window arithmetic, checks, outputs, autocast ----------------------
+# --- shared: window arithmetic, checks, outputs, autocast ---------------------
 
 
 def _corr2d_output_size(size, kernel, padding, stride, dilation):
@@ -39,7 +39,7 @@ def _pooling_output_size(size, kernel, padding, stride, dilation, ceil_mode):
 
 
 def _accumulation_dtype(dtype):
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return torch.float32 if dtype in _REDUCED_PRECISION else dtype
 
 
 # The checks of checks.h, raising RuntimeError (what TORCH_CHECK raises in
@@ -52,7 +52,8 @@ _SCALAR_TYPE_NAMES = {
     torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
     torch.complex32: "ComplexHalf",
 }
-_FLOATING_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+_FLOATING_DTYPES = (torch.float32, torch.float64, *_REDUCED_PRECISION)
 
 
 def _dtype_name(dtype):
@@ -78,7 +79,8 @@ def _check_pair(op, name, value, minimum):
 def _check_rank(op, name, tensor, rank, layout):
     torch._check(
         tensor.dim() == rank,
-        lambda: f"{op}: expected {name} of rank {rank} {layout}, got rank {tensor.dim()} with shape {_sizes(tensor.shape)}",
+        lambda: f"{op}: expected {name} of rank {rank} {layout}, got rank {tensor.dim()} "
+        f"with shape {_sizes(tensor.shape)}",
     )
 
 
@@ -175,7 +177,8 @@ def _corr2d_geometry(op, input_size, weight_size, stride, padding, dilation, gro
     output of at least 1x1, from the sizes alone; returns the output shape."""
     torch._check(
         len(input_size) == 4,
-        lambda: f"{op}: expected input of rank 4 (N, C, H, W), got rank {len(input_size)} with shape {_sizes(input_size)}",
+        lambda: f"{op}: expected input of rank 4 (N, C, H, W), got rank {len(input_size)} "
+        f"with shape {_sizes(input_size)}",
     )
     torch._check(
         len(weight_size) == 4,
@@ -189,11 +192,13 @@ def _corr2d_geometry(op, input_size, weight_size, stride, padding, dilation, gro
     out_channels = weight_size[0]
     torch._check(
         out_channels >= 1 and out_channels % groups == 0,
-        lambda: f"{op}: weight.size(0) (out_channels = {out_channels}) must be a positive multiple of groups = {groups}",
+        lambda: f"{op}: weight.size(0) (out_channels = {out_channels}) must be a positive multiple of "
+        f"groups = {groups}",
     )
     torch._check(
         weight_size[2] >= 1 and weight_size[3] >= 1,
-        lambda: f"{op}: kernel size (weight.size(2), weight.size(3)) must be >= 1, got ({weight_size[2]}, {weight_size[3]})",
+        lambda: f"{op}: kernel size (weight.size(2), weight.size(3)) must be >= 1, "
+        f"got ({weight_size[2]}, {weight_size[3]})",
     )
     torch._check(
         input_size[1] == weight_size[1] * groups,
@@ -210,7 +215,9 @@ def _corr2d_geometry(op, input_size, weight_size, stride, padding, dilation, gro
     return [input_size[0], out_channels, out_h, out_w]
 
 
-def _check_corr2d_backward(op, grad_output, other, other_name, input_size, weight_size, stride, padding, dilation, groups):
+def _check_corr2d_backward(
+    op, grad_output, other, other_name, input_size, weight_size, stride, padding, dilation, groups
+):
     """`other` is the weight or the input that comes with grad_output."""
     output_shape = _corr2d_geometry(op, input_size, weight_size, stride, padding, dilation, groups)
     _check_floating_dtype(op, other)
@@ -291,7 +298,8 @@ def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, 
     _check_grad_output(op, grad_output, input, output_shape)
     torch._check(
         indices.dtype == torch.int64 and indices.device == input.device,
-        lambda: f"{op}: indices must be int64 on the input's device, got {_dtype_name(indices.dtype)} on {indices.device}",
+        lambda: f"{op}: indices must be int64 on the input's device, "
+        f"got {_dtype_name(indices.dtype)} on {indices.device}",
     )
     torch._check(
         _same_sizes(indices.shape, output_shape),
@@ -397,12 +405,13 @@ def _check_channel_vectors(op, input, vectors):
             continue
         torch._check(
             vector.device == input.device,
-            lambda: f"{op}: {name} is on {vector.device} but input is on {input.device}; expected both on the same device",
+            lambda: f"{op}: {name} is on {vector.device} but input is on {input.device}; "
+            "expected both on the same device",
         )
         torch._check(
-            vector.dtype == input.dtype or (vector.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)),
-            lambda: f"{op}: {name} has dtype {_dtype_name(vector.dtype)} but input has dtype {_dtype_name(input.dtype)}; "
-            "expected the same dtype (or float32 with a float16 or bfloat16 input)",
+            vector.dtype == input.dtype or (vector.dtype == torch.float32 and input.dtype in _REDUCED_PRECISION),
+            lambda: f"{op}: {name} has dtype {_dtype_name(vector.dtype)} but input has dtype "
+            f"{_dtype_name(input.dtype)}; expected the same dtype (or float32 with a float16 or bfloat16 input)",
         )
         torch._check(
             dtype is None or dtype == vector.dtype,
