@@ -13,8 +13,8 @@ forward), and a table of bad calls with the error they must raise.
   (input shape, torch.nn.functional keyword arguments); pool_input,
   pool_op_args (the functional's arguments spelled as the operator's),
   pool_backward_args.
-- batch_norm: BATCH_NORM_SHAPES (rank -> input shape); batch_norm_args,
-  batch_norm_backward_args.
+- batch_norm: BATCH_NORM_SHAPES (rank -> input shape), BATCH_NORM_CASES
+  (named configurations); batch_norm_args, batch_norm_backward_args.
 - OPCHECK: operator -> {case label: args builder(device)}, each a case of the
   tables above (at a given dtype and memory format).
 - ERRORS: operator -> {case: args builder(device)}: calls the real kernels
@@ -273,6 +273,16 @@ def pool_backward_args(op, forward_args):
 # --- batch_norm ---------------------------------------------------------------
 
 BATCH_NORM_SHAPES = {"2d": (6, 4), "3d": (3, 4, 5), "4d": (3, 4, 5, 6)}
+
+# Named cases, for the tests of higher derivatives: (shape, training, running statistics, affine)
+BATCH_NORM_CASES = {
+    "train_4d": ((3, 4, 5, 6), True, True, True),
+    "train_4d_no_affine": ((3, 4, 3, 2), True, False, False),
+    "train_3d": ((3, 4, 5), True, True, True),
+    "train_2d": ((6, 4), True, False, True),
+    "eval_4d": ((3, 4, 5, 6), False, True, True),
+    "eval_2d": ((6, 4), False, True, False),
+}
 
 
 def batch_norm_stats(c, dtype, device):
