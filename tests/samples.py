@@ -24,6 +24,7 @@ forward), and a table of bad calls with the error they must raise.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import distinct_values
@@ -593,6 +594,27 @@ def _bn_backward(grad_output=None, input=None, weight=None, save_mean=None, save
 
 _BN_BACKWARD = r"pycnn\.batch_norm_backward: "
 
+
+def _on_cpu_too(make):
+    """A bad call with one argument on the CPU beside a CUDA input: on CUDA only."""
+    def call(d):
+        if d == "cpu":
+            pytest.skip("needs a second device: CUDA")
+        return make(d)
+
+    return call
+
+
+# cases that only CUDA can build (one argument on the CPU beside CUDA tensors)
+_DEVICE_ERRORS = {
+    "corr2d": ("weight_on_cpu", _on_cpu_too(lambda d: (_t(1, 3, 5, 5, device=d), _t(2, 3, 3, 3), None, ONE, ZERO, ONE, 1)),
+               r"pycnn\.corr2d: weight is on cpu but input is on cuda"),
+    "batch_norm": ("running_mean_on_cpu", _on_cpu_too(_bn_error(running_mean=lambda d: torch.zeros(4))),
+                   r"pycnn\.batch_norm: running_mean is on cpu but input is on cuda"),
+    "max_pool2d_backward": ("indices_on_cpu", _on_cpu_too(_max_pool2d_backward(indices=lambda idx: idx.cpu())),
+                            _MAX_BACKWARD + r"indices must be int64 on the input's device, got Long on cpu"),
+}
+
 ERRORS = {
     "corr2d": {
         **{name: (make, r"pycnn\.corr2d: " + msg) for name, (make, msg) in CORR2D_ERRORS.items()},
@@ -691,3 +713,5 @@ ERRORS = {
                               _BN_BACKWARD + r"save_invstd must have dtype Float, got Double"),
     },
 }
+for _op, (_case, _make, _message) in _DEVICE_ERRORS.items():
+    ERRORS[_op][_case] = (_make, _message)
