@@ -7,19 +7,21 @@ dtype (the forward's, and its backward operators', computed from the
 forward), and a table of bad calls with the error they must raise.
 
 - corr2d: CORR2D (N, C, H, W, out_channels, kernel, stride, padding,
-  dilation, groups); corr2d_tensors, corr2d_args, corr2d_backward_input_args,
+  dilation, groups); corr2d_tensors, corr2d_case (the functional's
+  arguments), corr2d_args (the operator's), corr2d_backward_input_args,
   corr2d_backward_weight_args.
 - max_pool2d, avg_pool2d, adaptive_avg_pool2d: POOL_CASES[op], case ->
   (input shape, torch.nn.functional keyword arguments); pool_input,
-  pool_op_args (the functional's arguments spelled as the operator's),
-  pool_backward_args.
+  pool_case, pool_op_args (the functional's arguments spelled as the
+  operator's), pool_args, pool_backward_args. test_pooling.py runs the
+  checks the three share over these.
 - batch_norm: BATCH_NORM_SHAPES (rank -> input shape), BATCH_NORM_CASES
   (named configurations); batch_norm_args, batch_norm_backward_args.
 - OPCHECK: operator -> {case label: args builder(device)}, each a case of the
   tables above (at a given dtype and memory format).
-- ERRORS: operator -> {case: args builder(device)}: calls the real kernels
-  reject; test_errors.py checks their messages, test_fake_errors.py that the
-  fake kernels raise the same.
+- ERRORS: operator -> {case: (args builder(device), message regex)}: calls
+  the real kernels reject; test_errors.py checks their messages,
+  test_fake_errors.py that the fake kernels raise the same.
 """
 
 from __future__ import annotations
