@@ -50,14 +50,18 @@ _SCALAR_TYPE_NAMES = {
     torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
     torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
     torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
-    torch.complex32: "ComplexHalf",
+    torch.complex32: "ComplexHalf", torch.qint8: "QInt8", torch.quint8: "QUInt8", torch.qint32: "QInt32",
+    torch.quint4x2: "QUInt4x2", torch.quint2x4: "QUInt2x4",
 }
 _REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 _FLOATING_DTYPES = (torch.float32, torch.float64, *_REDUCED_PRECISION)
 
 
 def _dtype_name(dtype):
-    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+    if dtype in _SCALAR_TYPE_NAMES:
+        return _SCALAR_TYPE_NAMES[dtype]
+    name = str(dtype).replace("torch.", "")  # uint16 -> UInt16, float8_e4m3fn -> Float8_e4m3fn, ...
+    return "UInt" + name[4:] if name.startswith("uint") else name[:1].upper() + name[1:]
 
 
 def _sizes(values):

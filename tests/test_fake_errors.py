@@ -41,6 +41,20 @@ def test_fake_kernel_raises_the_eager_error(ops, op_name, case, device):
     assert str(fake) == str(eager.value)
 
 
+# Whatever the dtype, the fake names it as C++ does (ScalarType names: UInt16, Float8_e4m3fn, ...).
+OTHER_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
+                torch.uint64, torch.complex64, torch.complex128, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+@pytest.mark.parametrize("dtype", OTHER_DTYPES, ids=str)
+def test_fake_kernel_names_every_dtype_as_eager(ops, dtype):
+    x = torch.zeros(1, 2, 5, 5, dtype=dtype)
+    op = ops.adaptive_avg_pool2d.default
+    with pytest.raises(RuntimeError, match="input must be float32, float64, float16 or bfloat16") as eager:
+        op(x, [2, 2])
+    assert str(_fake_error(op, (x, [2, 2]))) == str(eager.value)
+
+
 FORWARD = ["corr2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm"]
 
 
