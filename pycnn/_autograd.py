@@ -34,6 +34,9 @@ _LIB = torch.library.Library("pycnn", "IMPL")
 _JVP = torch._C._functorch.TransformType.Jvp
 
 
+# --- shared: registration, saving, sums ---------------------------------------
+
+
 def _register(name, *, setup_context, backward, jvp):
     """Registers the derivatives of pycnn::name as its Autograd kernel."""
     op = getattr(ops, name).default
@@ -238,7 +241,7 @@ _register(
 )
 
 
-# --- max_pool2d -----------------------------------------------------------------
+# --- max_pool2d ---------------------------------------------------------------
 # Linear in the input for fixed argmax indices (flat h * W + w per plane).
 
 
@@ -292,7 +295,7 @@ _register(
 )
 
 
-# --- avg_pool2d and adaptive_avg_pool2d -------------------------------------------
+# --- avg_pool2d ---------------------------------------------------------------
 # Linear: the derivative of the forward is the backward operator, and of the
 # backward operator (in grad_output) the forward.
 
@@ -334,6 +337,10 @@ _register(
     backward=_avg_pool2d_backward_backward,
     jvp=_avg_pool2d_backward_jvp,
 )
+
+
+# --- adaptive_avg_pool2d ------------------------------------------------------
+# Linear, as avg_pool2d.
 
 
 def _adaptive_avg_pool2d_setup_context(ctx, inputs, output):
@@ -381,7 +388,7 @@ _register(
 )
 
 
-# --- batch_norm -------------------------------------------------------------------
+# --- batch_norm ---------------------------------------------------------------
 # Per channel c, over its M = N * H * W values: x̂ = (x - mean) * invstd,
 # y = w * x̂ + b. With batch statistics (training, or no running statistics)
 # mean and invstd are functions of x; with running statistics, constants.

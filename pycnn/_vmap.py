@@ -18,6 +18,9 @@ import torch
 ops = torch.ops.pycnn
 
 
+# --- shared: folding vmap's dimension into the kernel's -----------------------
+
+
 def _first(tensor, dim, size):
     """tensor with its vmapped dimension first; an unbatched one expanded to size."""
     return tensor.movedim(dim, 0) if dim is not None else tensor.expand(size, *tensor.shape)
@@ -95,8 +98,9 @@ def _corr2d_backward_weight_vmap(info, in_dims, grad_output, input, weight_size,
     return (_from_batch(grad_weight, size), _from_batch(grad_bias, size)), (0, 0)
 
 
-# --- pooling ------------------------------------------------------------------
-# Every plane is pooled on its own: B folds into N, whatever is batched.
+# --- max_pool2d ---------------------------------------------------------------
+# Every plane is pooled on its own: B folds into N, whatever is batched (as in
+# avg_pool2d and adaptive_avg_pool2d).
 
 
 @torch.library.register_vmap("pycnn::max_pool2d")
@@ -114,6 +118,10 @@ def _max_pool2d_backward_vmap(info, in_dims, grad_output, input, indices, *args)
     return _from_batch(grad_input, size), 0
 
 
+# --- avg_pool2d ---------------------------------------------------------------
+# As max_pool2d: B folds into N.
+
+
 @torch.library.register_vmap("pycnn::avg_pool2d")
 def _avg_pool2d_vmap(info, in_dims, input, *args):
     return _from_batch(ops.avg_pool2d(_into_batch(input, in_dims[0], info.batch_size), *args), info.batch_size), 0
@@ -126,6 +134,10 @@ def _avg_pool2d_backward_vmap(info, in_dims, grad_output, input, *args):
         _into_batch(grad_output, in_dims[0], size), _into_batch(input, in_dims[1], size), *args
     )
     return _from_batch(grad_input, size), 0
+
+
+# --- adaptive_avg_pool2d ------------------------------------------------------
+# As max_pool2d: B folds into N.
 
 
 @torch.library.register_vmap("pycnn::adaptive_avg_pool2d")
@@ -143,7 +155,7 @@ def _adaptive_avg_pool2d_backward_vmap(info, in_dims, grad_output, input):
     return _from_batch(grad_input, size), 0
 
 
-# --- batch_norm -----------------------------------------------------------------
+# --- batch_norm ---------------------------------------------------------------
 
 
 @torch.library.register_vmap("pycnn::batch_norm")

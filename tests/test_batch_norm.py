@@ -1,24 +1,16 @@
-"""pycnn.functional.batch_norm / torch.ops.pycnn.batch_norm* against native batch normalisation."""
+"""pycnn.functional.batch_norm / torch.ops.pycnn.batch_norm* against native batch normalisation,
+on the shapes and parameters of samples.py (which test_opcheck.py draws from too)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import NONCONTIG_VIEWS, assert_close_scaled, check_grad_output_layouts, compare_with_native
+from samples import BATCH_NORM_SHAPES, batch_norm_affine, batch_norm_args, batch_norm_backward_args, batch_norm_stats
 
-SHAPES = {"2d": (6, 4), "3d": (3, 4, 5), "4d": (3, 4, 5, 6)}
-
-
-def _stats(c, dtype, device):
-    rm = torch.randn(c, dtype=dtype, device=device) * 0.5
-    rv = torch.rand(c, dtype=dtype, device=device) + 0.5
-    return rm, rv
-
-
-def _affine(c, dtype, device, affine):
-    w = torch.randn(c, dtype=dtype, device=device) if affine in ("both", "weight") else None
-    b = torch.randn(c, dtype=dtype, device=device) if affine in ("both", "bias") else None
-    return w, b
+SHAPES = BATCH_NORM_SHAPES
+_stats = batch_norm_stats
+_affine = batch_norm_affine
 
 
 def _check_running(cmp, dtype):
@@ -304,14 +296,12 @@ def test_module_eval_without_running_stats_uses_batch_stats(PN, device, dtype):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False])
 def test_batch_norm_backward_op(ops, rank, training, affine, device, dtype):
-    shape = SHAPES[rank]
-    c = shape[1]
-    x = torch.randn(shape, dtype=dtype, device=device)
-    rm, rv = _stats(c, dtype, device)
-    w = torch.randn(c, dtype=dtype, device=device) if affine else None
-    out, save_mean, save_invstd = ops.batch_norm(x, w, None, rm.clone(), rv.clone(), training, 0.1, 1e-5)[:3]
-    go = torch.randn_like(out)
-    gi, gw, gb = ops.batch_norm_backward(go, x, w, save_mean, save_invstd, training)
+    c = SHAPES[rank][1]
+    x, w, _, rm, rv, *_ = args = batch_norm_args(rank, device, dtype, affine="weight" if affine else "none",
+                                                 training=training)
+    go, *_, used_batch_stats = backward_args = batch_norm_backward_args(args)
+    assert used_batch_stats == training
+    gi, gw, gb = ops.batch_norm_backward(*backward_args)
 
     xl = x.clone().requires_grad_(True)
     wl = (w if affine else torch.ones(c, dtype=dtype, device=device)).clone().requires_grad_(True)

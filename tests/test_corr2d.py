@@ -1,61 +1,25 @@
-"""pycnn.functional.conv2d / torch.ops.pycnn.corr2d* against torch.nn.functional.conv2d."""
+"""pycnn.functional.conv2d / torch.ops.pycnn.corr2d* against torch.nn.functional.conv2d,
+on the cases of samples.CORR2D (which test_opcheck.py draws from too)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import NONCONTIG_VIEWS, assert_close_scaled, check_grad_output_layouts, compare_with_native
-
-# (N, C, H, W, out_channels, kernel, stride, padding, dilation, groups)
-GRID = {
-    "odd_sizes": (2, 3, 7, 9, 5, (3, 3), 1, 0, 1, 1),
-    "odd_sizes_padded": (3, 3, 9, 7, 4, (3, 5), 1, 1, 1, 1),
-    "kernel_1x1": (2, 4, 6, 5, 3, (1, 1), 1, 0, 1, 1),
-    "kernel_1x1_stride2": (2, 4, 7, 6, 3, (1, 1), 2, 0, 1, 1),
-    "kernel_eq_input": (2, 3, 5, 4, 2, (5, 4), 1, 0, 1, 1),
-    "kernel_eq_input_padded": (2, 3, 5, 4, 2, (5, 4), 1, (2, 1), 1, 1),
-    "stride_gt_kernel": (2, 3, 11, 10, 4, (2, 2), 3, 0, 1, 1),
-    "stride_gt_kernel_padded": (2, 3, 11, 10, 4, (2, 3), (4, 3), 1, 1, 1),
-    "dilation_padding": (2, 2, 9, 8, 3, (3, 3), 1, 2, 2, 1),
-    "dilation_padding_stride": (2, 2, 10, 11, 3, (3, 2), 2, (2, 1), (2, 3), 1),
-    "asymmetric": (2, 3, 8, 9, 4, (2, 3), (1, 2), (1, 0), (2, 1), 1),
-    "asymmetric_2": (1, 2, 12, 7, 2, (4, 1), (3, 1), (0, 1), (1, 1), 1),
-    "groups_1": (2, 6, 6, 7, 6, (3, 3), 1, 1, 1, 1),
-    "groups_2": (2, 6, 6, 7, 6, (3, 3), 1, 1, 1, 2),
-    "groups_3": (2, 6, 6, 7, 9, (3, 3), 1, 1, 1, 3),
-    "groups_6_depthwise": (2, 6, 6, 7, 6, (3, 3), 1, 1, 1, 6),
-    "groups_6_depthwise_multiplier": (2, 6, 6, 7, 12, (3, 3), 2, 1, 1, 6),
-    "groups_strided_dilated": (2, 4, 9, 9, 4, (2, 2), 2, 1, 2, 2),
-    "batch_1": (1, 3, 6, 6, 2, (3, 3), 1, 0, 1, 1),
-    "batch_many": (8, 2, 5, 5, 3, (3, 3), 1, 1, 1, 1),
-    "single_pixel_input": (2, 3, 1, 1, 2, (1, 1), 1, 0, 1, 1),
-    "single_pixel_padded": (2, 3, 1, 1, 2, (3, 3), 1, 1, 1, 1),
-}
+from samples import CORR2D, corr2d_backward_input_args, corr2d_backward_weight_args, corr2d_case, corr2d_tensors
 
 
-def _make(n, c, h, w, o, kernel, groups, dtype, device, bias=True):
-    x = torch.randn(n, c, h, w, dtype=dtype, device=device)
-    wt = torch.randn(o, c // groups, *kernel, dtype=dtype, device=device)
-    b = torch.randn(o, dtype=dtype, device=device) if bias else None
-    return x, wt, b
-
-
-@pytest.mark.parametrize("case", list(GRID), ids=list(GRID))
+@pytest.mark.parametrize("case", list(CORR2D), ids=list(CORR2D))
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_conv2d_grid(PF, case, bias, device, any_dtype):
-    n, c, h, w, o, kernel, stride, padding, dilation, groups = GRID[case]
-    x, wt, b = _make(n, c, h, w, o, kernel, groups, any_dtype, device, bias)
-    compare_with_native(
-        PF.conv2d,
-        F.conv2d,
-        [x, wt, b, stride, padding, dilation, groups],
-    )
+    (x, wt, b), window = corr2d_case(case, any_dtype, device, bias)
+    compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, *window])
 
 
 @pytest.mark.parametrize("case", ["odd_sizes", "groups_3", "asymmetric"])
 def test_conv2d_keyword_arguments(PF, case, device):
-    n, c, h, w, o, kernel, stride, padding, dilation, groups = GRID[case]
-    x, wt, b = _make(n, c, h, w, o, kernel, groups, torch.float64, device)
+    n, c, h, w, o, kernel, stride, padding, dilation, groups = CORR2D[case]
+    (x, wt, b), _ = corr2d_case(case, torch.float64, device)
     kwargs = dict(bias=b, stride=stride, padding=padding, dilation=dilation, groups=groups)
     torch.testing.assert_close(PF.conv2d(x, wt, **kwargs), F.conv2d(x, wt, **kwargs), rtol=1e-10, atol=1e-10)
     # Defaults: bias=None, stride=1, padding=0, dilation=1, groups=1.
@@ -92,7 +56,7 @@ def test_conv2d_padding_same_strided_rejected(PF, device):
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_conv2d_batch_zero(PF, bias, device, dtype):
-    x, wt, b = _make(0, 3, 6, 5, 4, (3, 3), 1, dtype, device, bias)
+    x, wt, b = corr2d_tensors(0, 3, 6, 5, 4, (3, 3), 1, dtype, device, bias)
     cmp = compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1])
     assert cmp.pycnn_out.shape == (0, 4, 6, 5)
     assert cmp.pycnn_grads[0].shape == x.shape
@@ -150,7 +114,7 @@ def test_conv2d_channels_last(PF, which, device, dtype):
 
 
 def test_conv2d_only_some_inputs_require_grad(PF, device, dtype):
-    x, wt, b = _make(2, 3, 6, 6, 4, (3, 3), 1, dtype, device)
+    x, wt, b = corr2d_tensors(2, 3, 6, 6, 4, (3, 3), 1, dtype, device)
     compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1], grad=[0])
     compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1], grad=[1])
     compare_with_native(PF.conv2d, F.conv2d, [x, wt, b, 1, 1], grad=[2])
@@ -158,7 +122,7 @@ def test_conv2d_only_some_inputs_require_grad(PF, device, dtype):
 
 
 def test_conv2d_no_grad_output_has_no_grad_fn(PF, device):
-    x, wt, b = _make(1, 2, 5, 5, 3, (3, 3), 1, torch.float32, device)
+    x, wt, b = corr2d_tensors(1, 2, 5, 5, 3, (3, 3), 1, torch.float32, device)
     with torch.no_grad():
         y = PF.conv2d(x.requires_grad_(), wt, b)
     assert y.grad_fn is None and not y.requires_grad
@@ -177,8 +141,8 @@ def test_conv2d_output_follows_the_input_memory_format_op(ops, device):
     "case", ["odd_sizes_padded", "groups_3", "asymmetric", "dilation_padding_stride", "single_pixel_padded"]
 )
 def test_conv2d_gradcheck(ops, PF, case, device):
-    n, c, h, w, o, kernel, stride, padding, dilation, groups = GRID[case]
-    x, wt, b = _make(1, c, min(h, 6), min(w, 6), o, kernel, groups, torch.float64, device)
+    n, c, h, w, o, kernel, stride, padding, dilation, groups = CORR2D[case]
+    (x, wt, b), _ = corr2d_case(case, torch.float64, device, batch=1, height=min(h, 6), width=min(w, 6))
     for t in (x, wt, b):
         t.requires_grad_(True)
     assert torch.autograd.gradcheck(
@@ -202,21 +166,17 @@ def test_conv2d_gradcheck(ops, PF, case, device):
              "groups_6_depthwise_multiplier", "kernel_eq_input"]
 )
 def test_corr2d_backward_ops(ops, case, device, dtype):
-    n, c, h, w, o, kernel, stride, padding, dilation, groups = GRID[case]
-    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
-    s, p, d = pair(stride), pair(padding), pair(dilation)
-    x, wt, _ = _make(n, c, h, w, o, kernel, groups, dtype, device, bias=False)
-    y = F.conv2d(x, wt, None, s, p, d, groups)
-    go = torch.randn_like(y)
-
-    gi = ops.corr2d_backward_input(go, wt, list(x.shape), s, p, d, groups)
-    gi_ref = torch.nn.grad.conv2d_input(x.shape, wt, go, s, p, d, groups)
-    assert gi.shape == x.shape and gi.dtype == dtype and gi.is_contiguous()
+    o = CORR2D[case][4]
+    go, wt, input_size, s, p, d, groups = args = corr2d_backward_input_args(case, device, dtype)
+    gi = ops.corr2d_backward_input(*args)
+    gi_ref = torch.nn.grad.conv2d_input(input_size, wt, go, s, p, d, groups)
+    assert list(gi.shape) == input_size and gi.dtype == dtype and gi.is_contiguous()
     assert_close_scaled(gi, gi_ref, dtype, "conv", msg="corr2d_backward_input")
 
-    gw, gb = ops.corr2d_backward_weight(go, x, list(wt.shape), s, p, d, groups)
-    gw_ref = torch.nn.grad.conv2d_weight(x, wt.shape, go, s, p, d, groups)
-    assert gw.shape == wt.shape and gw.dtype == dtype
+    go, x, weight_size, s, p, d, groups = args = corr2d_backward_weight_args(case, device, dtype)
+    gw, gb = ops.corr2d_backward_weight(*args)
+    gw_ref = torch.nn.grad.conv2d_weight(x, weight_size, go, s, p, d, groups)
+    assert list(gw.shape) == weight_size and gw.dtype == dtype
     assert_close_scaled(gw, gw_ref, dtype, "conv", msg="corr2d_backward_weight (weight)")
     assert gb.shape == (o,)
     assert_close_scaled(gb, go.sum((0, 2, 3)), dtype, "conv", msg="corr2d_backward_weight (bias)")

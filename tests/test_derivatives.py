@@ -1,7 +1,7 @@
 """Derivatives beyond the first: double backward, forward mode, forward over
 reverse and reverse over forward, third order -- each checked against finite
 differences (gradcheck / gradgradcheck in float64) and against native PyTorch
-where native is right, across each operator's grid."""
+where native is right, across each operator's cases (samples.py)."""
 
 import pytest
 import torch
@@ -9,11 +9,8 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jacfwd, jacrev, jvp
 
-from test_adaptive_avg_pool2d import GRID as ADAPTIVE_GRID
-from test_avg_pool2d import GRID as AVG_GRID
-from test_corr2d import GRID as CORR2D_GRID
-from test_max_pool2d import GRID as MAX_GRID
-from conftest import distinct_values
+from samples import CORR2D as CORR2D_GRID
+from samples import BATCH_NORM_CASES, POOL_CASES, pool_input
 
 F64 = torch.float64
 
@@ -27,36 +24,21 @@ def _corr2d_case(case, device):
     return (x, weight, bias), lambda fn: (lambda x, w, b: fn(x, w, b, **args))
 
 
-def _max_pool_case(case, device):
-    n, c, h, w, k, s, p, d, ceil = MAX_GRID[case]
-    # Distinct values: no ties, so finite differences do not cross an argmax switch.
-    x = distinct_values((n, c, h, w), F64, device).requires_grad_()
-    args = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
-    return (x,), lambda fn: (lambda x: fn(x, **args))
+def _pool_case(op, extra=None):
+    def make(case, device):
+        shape, kwargs = POOL_CASES[op][case]
+        # Max pooling: distinct values, no ties, so finite differences do not cross an argmax switch.
+        x = pool_input(op, shape, F64, device, requires_grad=True)
+        kwargs = dict(kwargs, **(extra or {}))
+        return (x,), lambda fn: (lambda x: fn(x, **kwargs))
+
+    return make
 
 
-def _avg_pool_case(case, device):
-    n, c, h, w, k, s, p, ceil = AVG_GRID[case]
-    x = torch.randn(n, c, h, w, dtype=F64, device=device, requires_grad=True)
-    args = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=False)
-    return (x,), lambda fn: (lambda x: fn(x, **args))
+MAX_GRID, AVG_GRID, ADAPTIVE_GRID = (POOL_CASES[op] for op in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"))
 
 
-def _adaptive_case(case, device):
-    (h, w), out = ADAPTIVE_GRID[case]
-    x = torch.randn(2, 3, h, w, dtype=F64, device=device, requires_grad=True)
-    return (x,), lambda fn: (lambda x: fn(x, out))
-
-
-# (shape, training, running statistics, affine)
-BATCH_NORM_GRID = {
-    "train_4d": ((3, 4, 5, 6), True, True, True),
-    "train_4d_no_affine": ((3, 4, 3, 2), True, False, False),
-    "train_3d": ((3, 4, 5), True, True, True),
-    "train_2d": ((6, 4), True, False, True),
-    "eval_4d": ((3, 4, 5, 6), False, True, True),
-    "eval_2d": ((6, 4), False, True, False),
-}
+BATCH_NORM_GRID = BATCH_NORM_CASES
 
 
 def _batch_norm_case(case, device):
@@ -84,8 +66,9 @@ CASES = (
     + [("adaptive_avg_pool2d", c) for c in ADAPTIVE_GRID]
     + [("batch_norm", c) for c in BATCH_NORM_GRID]
 )
-MAKERS = {"corr2d": _corr2d_case, "max_pool2d": _max_pool_case, "avg_pool2d": _avg_pool_case,
-          "adaptive_avg_pool2d": _adaptive_case, "batch_norm": _batch_norm_case}
+MAKERS = {"corr2d": _corr2d_case, "max_pool2d": _pool_case("max_pool2d"),
+          "avg_pool2d": _pool_case("avg_pool2d", dict(count_include_pad=False)),
+          "adaptive_avg_pool2d": _pool_case("adaptive_avg_pool2d"), "batch_norm": _batch_norm_case}
 NATIVE = {"corr2d": F.conv2d, "max_pool2d": F.max_pool2d, "avg_pool2d": F.avg_pool2d,
           "adaptive_avg_pool2d": F.adaptive_avg_pool2d, "batch_norm": F.batch_norm}
 

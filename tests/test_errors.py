@@ -1,7 +1,8 @@
 """Bad inputs: every class of invalid argument raises a clear error naming the argument.
 
 Operator level (torch.ops.pycnn.*): RuntimeError with the messages of
-csrc/include/pycnn/checks.h. Functional level (pycnn.functional.*): ValueError
+csrc/include/pycnn/checks.h (the tables of bad calls are samples.ERRORS's,
+which test_fake_errors.py also runs under FakeTensorMode). Functional level (pycnn.functional.*): ValueError
 or RuntimeError whose message names the offending argument.
 """
 
@@ -9,6 +10,10 @@ import pytest
 import torch
 
 from conftest import CUDA_SKIP, HAS_CUDA
+from samples import (
+    AVG_POOL2D_ERRORS, BATCH_NORM_ERRORS, CORR2D_ERRORS, D1, ERRORS, INTEGER_INPUT, K3, MAX_POOL2D_ERRORS, ONE, P1,
+    S1, ZERO, batch_norm_call,
+)
 
 ARG_ERRORS = (ValueError, RuntimeError)
 
@@ -21,61 +26,11 @@ def t(*shape, device="cpu", dtype=torch.float32):
 # corr2d
 # ---------------------------------------------------------------------------
 
-ONE, ZERO = [1, 1], [0, 0]
-
-CORR2D_ERRORS = {
-    "input_rank_3": (lambda d: (t(3, 5, 5, device=d), t(2, 3, 3, 3, device=d), None, ONE, ZERO, ONE, 1),
-                     r"expected input of rank 4 \(N, C, H, W\), got rank 3"),
-    "input_rank_5": (lambda d: (t(1, 1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), None, ONE, ZERO, ONE, 1),
-                     r"expected input of rank 4 \(N, C, H, W\), got rank 5"),
-    "weight_rank_2": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, device=d), None, ONE, ZERO, ONE, 1),
-                      r"expected weight of rank 4"),
-    "channels_mismatch": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 4, 3, 3, device=d), None, ONE, ZERO, ONE, 1),
-                          r"input has 3 channels but weight expects in_channels = weight\.size\(1\) \* groups = 4 \* 1 = 4"),
-    "channels_vs_groups": (lambda d: (t(1, 6, 5, 5, device=d), t(6, 2, 3, 3, device=d), None, ONE, ZERO, ONE, 2),
-                           r"input has 6 channels but weight expects in_channels = .*2 \* 2 = 4"),
-    "out_channels_vs_groups": (lambda d: (t(1, 6, 5, 5, device=d), t(5, 3, 3, 3, device=d), None, ONE, ZERO, ONE, 2),
-                               r"weight\.size\(0\) \(out_channels = 5\) must be a positive multiple of groups = 2"),
-    "groups_zero": (lambda d: (t(1, 6, 5, 5, device=d), t(6, 6, 3, 3, device=d), None, ONE, ZERO, ONE, 0),
-                    r"groups must be >= 1, got 0"),
-    "groups_negative": (lambda d: (t(1, 6, 5, 5, device=d), t(6, 6, 3, 3, device=d), None, ONE, ZERO, ONE, -2),
-                        r"groups must be >= 1, got -2"),
-    "kernel_zero": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 0, 3, device=d), None, ONE, ZERO, ONE, 1),
-                    r"kernel size .* must be >= 1"),
-    "stride_zero": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), None, [1, 0], ZERO, ONE, 1),
-                    r"stride must be >= 1"),
-    "stride_negative": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), None, [-1, 1], ZERO, ONE, 1),
-                        r"stride must be >= 1"),
-    "stride_three_elements": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), None, [1, 1, 1], ZERO, ONE, 1),
-                              r"stride must have 2 elements"),
-    "dilation_zero": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), None, ONE, ZERO, [0, 1], 1),
-                      r"dilation must be >= 1"),
-    "padding_negative": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), None, ONE, [0, -1], ONE, 1),
-                         r"padding must be >= 0"),
-    "output_below_1": (lambda d: (t(1, 3, 3, 3, device=d), t(2, 3, 5, 5, device=d), None, ONE, ZERO, ONE, 1),
-                       r"the output size \(-1, -1\) is below 1"),
-    "output_below_1_dilated": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), None, ONE, ZERO, [3, 1], 1),
-                               r"the output size \(-1, 3\) is below 1"),
-    "weight_dtype": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d, dtype=torch.float64), None, ONE, ZERO, ONE, 1),
-                     r"weight has dtype Double but input has dtype Float"),
-    "bias_dtype": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), t(2, device=d, dtype=torch.float64),
-                              ONE, ZERO, ONE, 1),
-                   r"bias has dtype Double but input has dtype Float"),
-    "bias_shape": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), t(3, device=d), ONE, ZERO, ONE, 1),
-                   r"bias must have shape \(2,\)"),
-    "bias_rank": (lambda d: (t(1, 3, 5, 5, device=d), t(2, 3, 3, 3, device=d), t(1, 2, device=d), ONE, ZERO, ONE, 1),
-                  r"bias must have shape \(2,\)"),
-}
-
-
 @pytest.mark.parametrize("case", list(CORR2D_ERRORS), ids=list(CORR2D_ERRORS))
 def test_corr2d_op_errors(ops, case, device):
-    make, msg = CORR2D_ERRORS[case]
-    with pytest.raises(RuntimeError, match=r"pycnn\.corr2d: " + msg):
+    make, msg = ERRORS["corr2d"][case]
+    with pytest.raises(RuntimeError, match=msg):
         ops.corr2d(*make(device))
-
-
-INTEGER_INPUT = r"input must be float32, float64, float16 or bfloat16, got Int"
 
 
 def test_corr2d_op_rejects_integer_input(ops, device):
@@ -112,47 +67,18 @@ def test_corr2d_backward_grad_output_errors(ops, device):
 # max_pool2d / avg_pool2d
 # ---------------------------------------------------------------------------
 
-K3, S1, P1, D1 = [3, 3], [1, 1], [1, 1], [1, 1]
-
-MAX_POOL_ERRORS = {
-    "input_rank_3": ((3, 5, 5), (K3, S1, P1, D1, False), r"expected input of rank 4 \(N, C, H, W\), got rank 3"),
-    "input_rank_2": ((5, 5), (K3, S1, P1, D1, False), r"expected input of rank 4 \(N, C, H, W\), got rank 2"),
-    "kernel_zero": ((1, 2, 5, 5), ([0, 3], S1, ZERO, D1, False), r"kernel_size must be >= 1"),
-    "kernel_negative": ((1, 2, 5, 5), ([3, -1], S1, ZERO, D1, False), r"kernel_size must be >= 1"),
-    "stride_zero": ((1, 2, 5, 5), (K3, [0, 1], P1, D1, False), r"stride must be >= 1"),
-    "padding_negative": ((1, 2, 5, 5), (K3, S1, [-1, 0], D1, False), r"padding must be >= 0"),
-    "dilation_zero": ((1, 2, 5, 5), (K3, S1, P1, [1, 0], False), r"dilation must be >= 1"),
-    "padding_over_half": ((1, 2, 5, 5), (K3, S1, [2, 1], D1, False), r"padding must be at most half the kernel size"),
-    "padding_over_half_w": ((1, 2, 5, 5), ([4, 2], S1, [2, 2], D1, False), r"padding must be at most half the kernel size"),
-    "output_below_1": ((1, 2, 3, 3), ([5, 5], S1, ZERO, D1, False), r"the output size \(-1, -1\) is below 1"),
-    "output_below_1_dilated": ((1, 2, 5, 5), (K3, S1, ZERO, [1, 3], False), r"the output size \(3, -1\) is below 1"),
-}
-
-
-@pytest.mark.parametrize("case", list(MAX_POOL_ERRORS), ids=list(MAX_POOL_ERRORS))
+@pytest.mark.parametrize("case", list(MAX_POOL2D_ERRORS), ids=list(MAX_POOL2D_ERRORS))
 def test_max_pool2d_op_errors(ops, case, device):
-    shape, args, msg = MAX_POOL_ERRORS[case]
-    with pytest.raises(RuntimeError, match=r"pycnn\.max_pool2d: " + msg):
-        ops.max_pool2d(t(*shape, device=device), *args)
+    make, msg = ERRORS["max_pool2d"][case]
+    with pytest.raises(RuntimeError, match=msg):
+        ops.max_pool2d(*make(device))
 
 
-AVG_POOL_ERRORS = {
-    "input_rank_3": ((3, 5, 5), (K3, S1, P1, False, True, None), r"expected input of rank 4 \(N, C, H, W\), got rank 3"),
-    "kernel_zero": ((1, 2, 5, 5), ([0, 3], S1, ZERO, False, True, None), r"kernel_size must be >= 1"),
-    "stride_zero": ((1, 2, 5, 5), (K3, [1, 0], P1, False, True, None), r"stride must be >= 1"),
-    "padding_negative": ((1, 2, 5, 5), (K3, S1, [0, -2], False, True, None), r"padding must be >= 0"),
-    "padding_over_half": ((1, 2, 5, 5), ([2, 2], S1, [1, 2], False, True, None),
-                          r"padding must be at most half the kernel size"),
-    "output_below_1": ((1, 2, 3, 2), ([3, 3], S1, ZERO, False, True, None), r"the output size \(1, 0\) is below 1"),
-    "divisor_zero": ((1, 2, 5, 5), (K3, S1, P1, False, True, 0), r"divisor_override must be non-zero"),
-}
-
-
-@pytest.mark.parametrize("case", list(AVG_POOL_ERRORS), ids=list(AVG_POOL_ERRORS))
+@pytest.mark.parametrize("case", list(AVG_POOL2D_ERRORS), ids=list(AVG_POOL2D_ERRORS))
 def test_avg_pool2d_op_errors(ops, case, device):
-    shape, args, msg = AVG_POOL_ERRORS[case]
-    with pytest.raises(RuntimeError, match=r"pycnn\.avg_pool2d: " + msg):
-        ops.avg_pool2d(t(*shape, device=device), *args)
+    make, msg = ERRORS["avg_pool2d"][case]
+    with pytest.raises(RuntimeError, match=msg):
+        ops.avg_pool2d(*make(device))
 
 
 def test_pool_ops_reject_integer_input(ops, device):
@@ -221,43 +147,15 @@ def test_adaptive_avg_pool2d_backward_grad_output_errors(ops, device):
 # ---------------------------------------------------------------------------
 
 
-def _bn(device, x_shape=(3, 4, 5, 5), c=4, dtype=torch.float32, **over):
-    args = dict(
-        input=t(*x_shape, device=device, dtype=dtype),
-        weight=t(c, device=device, dtype=dtype),
-        bias=t(c, device=device, dtype=dtype),
-        running_mean=torch.zeros(c, device=device, dtype=dtype),
-        running_var=torch.ones(c, device=device, dtype=dtype),
-    )
-    args.update(over)
-    return (args["input"], args["weight"], args["bias"], args["running_mean"], args["running_var"], True, 0.1, 1e-5)
-
-
-def BATCH_NORM_ERRORS(d):
-    f64 = dict(device=d, dtype=torch.float64)
-    return {
-        "input_rank_1": (_bn(d, input=t(4, device=d)), r"expected input of rank 2 \(N, C\), 3 \(N, C, L\) or 4 \(N, C, H, W\), got rank 1"),
-        "input_rank_5": (_bn(d, input=t(2, 4, 3, 3, 3, device=d)), r"expected input of rank 2 .*got rank 5"),
-        "weight_shape": (_bn(d, weight=t(5, device=d)), r"weight must have shape \(4,\) = \(num_channels,\)"),
-        "bias_shape": (_bn(d, bias=t(4, 1, device=d)), r"bias must have shape \(4,\)"),
-        "running_mean_shape": (_bn(d, running_mean=torch.zeros(3, device=d)), r"running_mean must have shape \(4,\)"),
-        "running_var_shape": (_bn(d, running_var=torch.ones(8, device=d)), r"running_var must have shape \(4,\)"),
-        "weight_dtype": (_bn(d, weight=t(4, **f64)), r"weight has dtype Double but input has dtype Float"),
-        "bias_dtype": (_bn(d, bias=t(4, **f64)), r"bias has dtype Double but input has dtype Float"),
-        "running_mean_dtype": (_bn(d, running_mean=torch.zeros(4, **f64)), r"running_mean has dtype Double but input has dtype Float"),
-        "running_var_dtype": (_bn(d, running_var=torch.ones(4, **f64)), r"running_var has dtype Double but input has dtype Float"),
-    }
-
-
-@pytest.mark.parametrize("case", list(BATCH_NORM_ERRORS("cpu")))
+@pytest.mark.parametrize("case", list(BATCH_NORM_ERRORS))
 def test_batch_norm_op_errors(ops, case, device):
-    args, msg = BATCH_NORM_ERRORS(device)[case]
-    with pytest.raises(RuntimeError, match=r"pycnn\.batch_norm: " + msg):
-        ops.batch_norm(*args)
+    make, msg = ERRORS["batch_norm"][case]
+    with pytest.raises(RuntimeError, match=msg):
+        ops.batch_norm(*make(device))
 
 
 def test_batch_norm_op_rejects_integer_input(ops, device):
-    args = _bn(device, input=torch.ones(3, 4, 5, 5, dtype=torch.int32, device=device))
+    args = batch_norm_call(device, input=torch.ones(3, 4, 5, 5, dtype=torch.int32, device=device))
     with pytest.raises(RuntimeError, match=r"pycnn\.batch_norm: " + INTEGER_INPUT):
         ops.batch_norm(*args)
 
@@ -265,13 +163,13 @@ def test_batch_norm_op_rejects_integer_input(ops, device):
 def test_batch_norm_mixed_precision_rules(ops, device):
     # float32 parameters beside a float16 / bfloat16 input are accepted (as native); any other mix is not
     half = dict(device=device, dtype=torch.float16)
-    ops.batch_norm(*_bn(device, input=t(3, 4, 5, 5, **half)))  # all float32 parameters: mixed precision
-    ops.batch_norm(*_bn(device, dtype=torch.float16))  # all float16
+    ops.batch_norm(*batch_norm_call(device, input=t(3, 4, 5, 5, **half)))  # all float32 parameters: mixed precision
+    ops.batch_norm(*batch_norm_call(device, dtype=torch.float16))  # all float16
     with pytest.raises(RuntimeError, match=r"pycnn\.batch_norm: bias has dtype Half but weight has dtype Float; "
                                            r"expected weight, bias, running_mean and running_var in one dtype"):
-        ops.batch_norm(*_bn(device, input=t(3, 4, 5, 5, **half), bias=t(4, **half)))
+        ops.batch_norm(*batch_norm_call(device, input=t(3, 4, 5, 5, **half), bias=t(4, **half)))
     with pytest.raises(RuntimeError, match=r"pycnn\.batch_norm: weight has dtype Float but input has dtype Double"):
-        ops.batch_norm(*_bn(device, input=t(3, 4, 5, 5, device=device, dtype=torch.float64)))
+        ops.batch_norm(*batch_norm_call(device, input=t(3, 4, 5, 5, device=device, dtype=torch.float64)))
 
 
 def test_batch_norm_backward_grad_output_errors(ops, device):
