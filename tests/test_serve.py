@@ -702,6 +702,16 @@ def test_command_line_errors(onnx_files, tmp_path):
     batch = _serve_cli(onnx_files["lenet_bn"], "--max-batch", "0")
     assert batch.returncode == 2 and "--max-batch" in batch.stderr
 
+    with socket.socket() as taken:  # a port another process listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run([sys.executable, "-m", "export.serve", onnx_files["lenet_bn"], "--port",
+                               str(free_port()), "--grpc-port", str(port)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                              capture_output=True, text=True, timeout=120)
+    assert busy.returncode == 2 and f"--grpc-port {port}: cannot listen" in busy.stderr, busy.stderr
+    assert "Traceback" not in busy.stderr
+
     mislabelled = tmp_path / "mislabelled.onnx"
     proto = onnx.load(onnx_files["lenet_bn"])
     onnx.helper.set_model_props(proto, {"labels": json.dumps(["shirt", "shoe"])})

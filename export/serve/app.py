@@ -54,6 +54,7 @@ import gc
 import importlib.metadata
 import logging
 import os
+import socket
 import sys
 import time
 from typing import Optional, Sequence
@@ -467,6 +468,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def port_problem(host: str, port: int) -> Optional[str]:
+    """Why host:port cannot be listened on (in use, not an address here), or None."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, whose readiness turns false as soon as SIGTERM (or
     Ctrl-C) starts the drain, not only once the requests in flight are done."""
@@ -501,6 +513,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
+    for option, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
+        problem = port_problem(args.host, port) if port else None
+        if problem:
+            print(f"error: {option} {port}: cannot listen on {args.host}:{port} ({problem})", file=sys.stderr)
+            sys.exit(2)
     models = repository.all_models()
     active = {p for model in models for p in model.session.get_providers()}
     if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in active:
