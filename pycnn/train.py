@@ -4,6 +4,17 @@
     python -m pycnn.train --model lenet_bn --recipe best     # the improved recipe (RECIPES below)
     python -m pycnn.train --model lenet --out runs/x --resume
     torchrun --nproc_per_node 2 -m pycnn.train --model lenet --device cpu   # DistributedDataParallel
+    python -m pycnn.train --model tv:resnet18 --resize 32    # any torchvision classifier, on pycnn's kernels
+
+--model tv:NAME builds torchvision's classifier NAME (torchvision.models.list_models()
+names them) with random weights and --num-classes outputs, its first convolution
+taking Fashion-MNIST's one channel, converted to pycnn's kernels by pycnn.convert
+(--backend native leaves it on torch.nn); GoogLeNet and Inception v3 without their
+auxiliary heads. Its default input size is 96x96 (Inception v3 299x299; ViT and
+MaxViT 224x224), and --resize is checked against the architecture as for pycnn's
+own models. --model-option KEY=VALUE goes to torchvision's constructor
+(e.g. dropout=0.3, width_mult=0.5). The recipe: --recipe reference (SGD lr 0.05,
+batch 128, 10 epochs, constant); there is no best recipe for tv: models.
 
 Writes into --out (default runs/NAME), rank 0 only, after every epoch:
   metrics.json    a list of one record per epoch: epoch, train_loss, train_acc, test_acc,
@@ -70,6 +81,9 @@ import pycnn.models
 from pycnn import data as pdata
 
 PROG = "pycnn.train"
+TORCHVISION_PREFIX = "tv:"
+# The reference recipe of any torchvision classifier (no course run to follow).
+TORCHVISION_REFERENCE = dict(batch_size=128, lr=0.05)
 CHECKPOINT_FORMAT = 1
 CACHE_DATA_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
                               "pycnn", "fashion-mnist")
@@ -89,7 +103,7 @@ REFERENCE = {
 }
 COMMON_DEFAULTS = dict(epochs=10, optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant",
                        augment=False, label_smoothing=0.0, seed=0, backend="pycnn", model_options={},
-                       limit_train=None, limit_test=None, amp=False, resize=None)
+                       limit_train=None, limit_test=None, amp=False, resize=None, num_classes=10)
 # The improved recipes (--recipe best), measured on the LeNets with 10 epochs on
 # the CPU: one-cycle learning rate (30% warm-up, cosine annealing), batch 64;
 # Adam for the sigmoid LeNet, SGD with momentum for LeNet-BN. No weight decay,
@@ -115,8 +129,8 @@ RECIPES = {"reference": REFERENCE, "best": BEST}
 # only say how to run it.
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "augment",
                "label_smoothing", "seed", "backend", "resize", "model_options", "limit_train", "limit_test",
-               "amp")
-ARCHITECTURE_KEYS = ("model", "model_options")
+               "amp", "num_classes")
+ARCHITECTURE_KEYS = ("model", "model_options", "num_classes")
 SCHEDULES = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -143,13 +157,37 @@ def _model_option(text: str):
     return key, value
 
 
+def _model_name(text: str) -> str:
+    """One of pycnn.models' names, or tv:NAME for a torchvision classifier."""
+    if text.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        name = text[len(TORCHVISION_PREFIX):]
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise argparse.ArgumentTypeError(
+                f"unknown torchvision classification model {name!r}: the names after tv: are those of "
+                f"torchvision.models.list_models(module=torchvision.models) (python -c \"import torchvision; "
+                f"print(torchvision.models.list_models(module=torchvision.models))\"), e.g. tv:resnet18")
+        return text
+    if text not in pycnn.models.list_models():
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(pycnn.models.list_models())}, "
+            f"or tv:NAME for a torchvision classifier)")
+    return text
+
+
+def is_torchvision(model: str) -> bool:
+    return model.startswith(TORCHVISION_PREFIX)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Train a classic CNN on Fashion-MNIST with pycnn's kernels.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Options left out take the recipe's value (--recipe; the reference recipe of "
                "ARCHITECTURES.md by default), or the checkpoint's with --resume.")
-    p.add_argument("--model", required=True, choices=pycnn.models.list_models())
+    p.add_argument("--model", required=True, type=_model_name, metavar="MODEL",
+                   help=f"{', '.join(pycnn.models.list_models())}, or tv:NAME (a torchvision classifier)")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="default hyper-parameters: the course's reference run, or the improved one (LeNets)")
     g = p.add_argument_group("recipe (default: from --recipe)")
@@ -170,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resize", type=int, help="input height = width (default: the model's input size)")
     g.add_argument("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
                    help="architecture option for pycnn.models.create (e.g. dropout=0.3)")
+    g.add_argument("--num-classes", type=int, help="outputs of the last layer (default 10, at least 10)")
     g.add_argument("--limit-train", type=int, help="use only the first N training examples")
     g.add_argument("--limit-test", type=int, help="evaluate on the first N test examples only")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -201,6 +240,7 @@ def resolve_config(args: argparse.Namespace, checkpoint_config: Optional[Dict[st
             raise UserError(f"the checkpoint was trained with --recipe {checkpoint_config.get('recipe')}, "
                             f"not {args.recipe}")
         config = dict(checkpoint_config)
+        config.setdefault("num_classes", 10)  # checkpoints from before --num-classes
         for key, value in given.items():
             old = config.get(key)
             if key == "epochs" or value == old:
@@ -216,17 +256,23 @@ def resolve_config(args: argparse.Namespace, checkpoint_config: Optional[Dict[st
     else:
         recipe = args.recipe or "reference"
         table = RECIPES[recipe]
-        if args.model not in table:
+        if is_torchvision(args.model) and recipe == "reference":
+            config = dict(COMMON_DEFAULTS, **TORCHVISION_REFERENCE)
+        elif args.model not in table:
             raise UserError(f"no {recipe} recipe for {args.model} (only for {', '.join(table)}); "
                             f"use --recipe reference and override its options")
-        config = dict(COMMON_DEFAULTS, **REFERENCE[args.model])
-        config.update(table[args.model])
+        else:
+            config = dict(COMMON_DEFAULTS, **REFERENCE[args.model])
+            config.update(table[args.model])
         config.update(model=args.model, recipe=recipe)
         config.update(given)
     config["model_options"] = dict(config.get("model_options") or {})
     for key in ("epochs", "batch_size"):
         if config[key] <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {config[key]}")
+    if config["num_classes"] < 10:
+        raise UserError(f"--num-classes must be at least 10 (Fashion-MNIST's labels are 0 to 9), "
+                        f"got {config['num_classes']}")
     for key in ("limit_train", "limit_test", "resize"):
         if config.get(key) is not None and config[key] <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {config[key]}")
@@ -435,6 +481,34 @@ def progress(iterable, total: int, desc: str, enabled: bool):
 
 # ----------------------------------------------------------------------------- training
 
+def create_model(config: Dict[str, Any]):
+    """The model of the run and its input (H, W), checked against the architecture: pycnn.models'
+    classic CNNs, or a torchvision classifier (tv:NAME) converted to pycnn's kernels."""
+    name = config["model"]
+    try:
+        if is_torchvision(name):
+            import warnings
+
+            from pycnn.convert import checked_input_size, torchvision_classifier
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = torchvision_classifier(name[len(TORCHVISION_PREFIX):], config["num_classes"], 1,
+                                               config["backend"], **config["model_options"])
+            for warning in caught:
+                if issubclass(warning.category, UserWarning) and "pycnn.convert" in str(warning.message):
+                    log(f"{PROG}: note: {warning.message}", config)
+            size = checked_input_size(model, config["resize"], name)[1:]
+        else:
+            model = pycnn.models.create(name, num_classes=config["num_classes"], backend=config["backend"],
+                                        **config["model_options"])
+            size = model.checked_input_size(config["resize"])[1:]
+    except TypeError as error:
+        raise UserError(f"{name}: {error}") from None
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return model, size
+
+
 def evaluate(model: nn.Module, loader, device, size, resize_on_device: bool, ctx: Dist, amp: bool) -> float:
     model.eval()
     correct = total = 0
@@ -469,14 +543,7 @@ def train(config: Dict[str, Any], ctx: Dist, checkpoint: Optional[Dict[str, Any]
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    try:
-        model = pycnn.models.create(config["model"], backend=config["backend"], **config["model_options"])
-    except (TypeError, ValueError) as error:
-        raise UserError(str(error)) from None
-    try:
-        size = model.checked_input_size(config["resize"])[1:]
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    model, size = create_model(config)
     model.to(device)
     if ctx.enabled and ctx.rank > 0:
         torch.manual_seed(seed + 1_000_003 * ctx.rank)  # other dropout masks on other ranks
@@ -614,7 +681,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             backend = "nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend=backend)
             initialised_here = True
-        out = args.out or os.path.join("runs", args.model)
+        out = args.out or os.path.join("runs", args.model.replace(":", "-"))
         checkpoint = load_checkpoint(os.path.join(out, "checkpoint.pt")) if args.resume else None
         args.out = out
         config = resolve_config(args, checkpoint["config"] if checkpoint else None)
