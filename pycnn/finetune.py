@@ -160,7 +160,13 @@ def head_prefix(model: torch.nn.Module) -> Optional[str]:
 def parameter_groups(model: torch.nn.Module, lr: float, head_lr_mult: float = 1.0,
                      head: Optional[str] = None) -> List[dict]:
     """Optimizer parameter groups: the body at `lr`, the output layer (`head`,
-    default head_prefix(model)) at lr * head_lr_mult; frozen parameters left out."""
+    default head_prefix(model)) at lr * head_lr_mult (one group when that is
+    1); frozen parameters left out."""
+    if head_lr_mult == 1.0:  # one group, as an optimizer of model.parameters() has
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        if not trainable:
+            raise ValueError("every parameter is frozen: nothing would train (check --freeze)")
+        return [{"params": trainable, "lr": lr}]
     head = head if head is not None else head_prefix(model)
     body, top = [], []
     for name, parameter in model.named_parameters():

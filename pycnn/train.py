@@ -79,6 +79,8 @@ from torch import nn
 
 import pycnn.models
 from pycnn import data as pdata
+from pycnn import finetune
+from pycnn.augment import DEFAULT_PRESET, PRESET_HELP
 
 PROG = "pycnn.train"
 TORCHVISION_PREFIX = "tv:"
@@ -102,8 +104,11 @@ REFERENCE = {
     "densenet": dict(batch_size=256, lr=0.1),
 }
 COMMON_DEFAULTS = dict(epochs=10, optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant",
-                       augment=False, label_smoothing=0.0, seed=0, backend="pycnn", model_options={},
-                       limit_train=None, limit_test=None, amp=False, resize=None, num_classes=10)
+                       augment="none", label_smoothing=0.0, seed=0, backend="pycnn", model_options={},
+                       limit_train=None, limit_test=None, amp=False, resize=None, num_classes=10,
+                       init=None, weights=None, freeze=[], head_lr_mult=1.0)
+# What a checkpoint written before an option existed means by its absence.
+FINE_TUNING_DEFAULTS = dict(init=None, weights=None, freeze=[], head_lr_mult=1.0)
 # The improved recipes (--recipe best), measured on the LeNets with 10 epochs on
 # the CPU: one-cycle learning rate (30% warm-up, cosine annealing), batch 64;
 # Adam for the sigmoid LeNet, SGD with momentum for LeNet-BN. No weight decay,
@@ -129,7 +134,7 @@ RECIPES = {"reference": REFERENCE, "best": BEST}
 # only say how to run it.
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "augment",
                "label_smoothing", "seed", "backend", "resize", "model_options", "limit_train", "limit_test",
-               "amp", "num_classes")
+               "amp", "num_classes", "init", "weights", "freeze", "head_lr_mult")
 ARCHITECTURE_KEYS = ("model", "model_options", "num_classes")
 SCHEDULES = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -199,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--schedule", choices=SCHEDULES,
                    help="learning rate per step: constant, cosine decay to 0, or one-cycle (warm up 30%%, anneal)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random horizontal flip and random crop (padding 2) of the training images")
+    g.add_argument("--augment", nargs="?", const=DEFAULT_PRESET, choices=list(PRESET_HELP), metavar="PRESET",
+                   help="augmentation of the training images; alone: flip-crop. Presets: "
+                        + "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()))
+    g.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="no augmentation")
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--backend", choices=sorted(pycnn.models.BACKENDS),
@@ -209,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
                    help="architecture option for pycnn.models.create (e.g. dropout=0.3)")
     g.add_argument("--num-classes", type=int, help="outputs of the last layer (default 10, at least 10)")
+    f = p.add_argument_group("fine-tuning (pycnn.finetune)")
+    f.add_argument("--init", metavar="PATH",
+                   help="start from these weights: a pycnn checkpoint, a state_dict or a torchvision weights file "
+                        "(tensors that do not fit are re-initialised and reported)")
+    f.add_argument("--weights", metavar="NAME",
+                   help="start from torchvision's named weights, e.g. ResNet18_Weights.IMAGENET1K_V1 (tv: models; "
+                        "downloaded into torch's hub cache, or copied there by hand when offline)")
+    f.add_argument("--freeze", type=lambda text: [p.strip() for p in text.split(",") if p.strip()],
+                   metavar="PREFIX[,PREFIX...]", help="parameters under these modules do not train (e.g. conv1,layer1)")
+    f.add_argument("--head-lr-mult", type=float,
+                   help="learning rate of the output layer as a multiple of the body's (the course's recipe: 10)")
     g.add_argument("--limit-train", type=int, help="use only the first N training examples")
     g.add_argument("--limit-test", type=int, help="evaluate on the first N test examples only")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -241,6 +259,9 @@ def resolve_config(args: argparse.Namespace, checkpoint_config: Optional[Dict[st
                             f"not {args.recipe}")
         config = dict(checkpoint_config)
         config.setdefault("num_classes", 10)  # checkpoints from before --num-classes
+        for key, value in FINE_TUNING_DEFAULTS.items():  # ... and before fine-tuning
+            config.setdefault(key, value)
+        config["augment"] = augment_preset(config.get("augment"))
         for key, value in given.items():
             old = config.get(key)
             if key == "epochs" or value == old:
@@ -267,6 +288,15 @@ def resolve_config(args: argparse.Namespace, checkpoint_config: Optional[Dict[st
         config.update(model=args.model, recipe=recipe)
         config.update(given)
     config["model_options"] = dict(config.get("model_options") or {})
+    config["augment"] = augment_preset(config.get("augment"))
+    config["freeze"] = list(config.get("freeze") or [])
+    if config["init"] and config["weights"]:
+        raise UserError("give --init or --weights, not both")
+    if config["weights"] and not is_torchvision(config["model"]):
+        raise UserError(f"--weights names torchvision weights; {config['model']} is one of pycnn's models "
+                        f"(use --init PATH, or --model tv:NAME)")
+    if not config["head_lr_mult"] > 0:
+        raise UserError(f"--head-lr-mult must be positive, got {config['head_lr_mult']}")
     for key in ("epochs", "batch_size"):
         if config[key] <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {config[key]}")
@@ -370,6 +400,40 @@ def constant_factor(step: int) -> float:
     return 1.0
 
 
+def augment_preset(value) -> str:
+    """The augmentation preset of a config value: checkpoints and recipes from
+    before the presets say True (the flip and crop) or False."""
+    if value is True:
+        return DEFAULT_PRESET
+    if value in (False, None):
+        return "none"
+    return value
+
+
+def prepare_fine_tuning(model: nn.Module, config: Dict[str, Any], fresh: bool) -> List[dict]:
+    """--init / --weights (a fresh run only: a resumed one has its own weights),
+    --freeze, and the optimizer's parameter groups (--head-lr-mult)."""
+    if fresh and (config["init"] or config["weights"]):
+        try:
+            if config["init"]:
+                report = finetune.load_init(model, config["init"])
+            else:
+                report = finetune.load_torchvision_weights(model, config["weights"])
+        except (OSError, ValueError) as error:
+            raise UserError(str(error)) from None
+        source = config["init"] or config["weights"]
+        for line in report.lines():
+            log(f"{PROG}: init from {source}: {line}", config)
+    try:
+        frozen = finetune.freeze(model, config["freeze"])
+        groups = finetune.parameter_groups(model, config["lr"], config["head_lr_mult"])
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if frozen:
+        log(f"{PROG}: frozen: {len(frozen)} parameter tensors under {', '.join(config['freeze'])}", config)
+    return groups
+
+
 def make_optimizer(params, config):
     if config["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
@@ -382,7 +446,7 @@ def make_scheduler(optimizer, config, steps_per_epoch: int):
     total = config["epochs"] * steps_per_epoch
     if config["schedule"] == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config["lr"], total_steps=total, pct_start=0.3,
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total, pct_start=0.3,
             cycle_momentum=config["optimizer"] == "sgd" and config["momentum"] > 0,
             base_momentum=min(0.85, config["momentum"]), max_momentum=config["momentum"] or 0.95)
     factor = CosineLambda(total) if config["schedule"] == "cosine" else constant_factor
@@ -545,6 +609,8 @@ def train(config: Dict[str, Any], ctx: Dist, checkpoint: Optional[Dict[str, Any]
 
     model, size = create_model(config)
     model.to(device)
+    # Before DistributedDataParallel wraps the model: it takes the parameters that train as they are then.
+    parameter_groups = prepare_fine_tuning(model, config, fresh=checkpoint is None)
     if ctx.enabled and ctx.rank > 0:
         torch.manual_seed(seed + 1_000_003 * ctx.rank)  # other dropout masks on other ranks
 
@@ -566,7 +632,7 @@ def train(config: Dict[str, Any], ctx: Dist, checkpoint: Optional[Dict[str, Any]
     net = model
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer(model.parameters(), config)
+    optimizer = make_optimizer(parameter_groups, config)
     scheduler = make_scheduler(optimizer, config, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=config["amp"])
     criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
@@ -599,7 +665,7 @@ def train(config: Dict[str, Any], ctx: Dist, checkpoint: Optional[Dict[str, Any]
 
     if ctx.main:
         os.makedirs(out, exist_ok=True)
-        options = " ".join(f"{k}={config[k]}" for k in RECIPE_KEYS if config.get(k) not in (None, {}, False))
+        options = " ".join(f"{k}={config[k]}" for k in RECIPE_KEYS if config.get(k) not in (None, {}, [], False, "none"))
         log(f"{PROG}: {config['model']} ({sum(p.numel() for p in model.parameters()):,} parameters, "
             f"{size[0]}x{size[1]} input) on {device}"
             f"{f' x {ctx.world} processes' if ctx.enabled else ''}; {len(train_set):,} training and "

@@ -1,0 +1,85 @@
+"""pycnn.train's fine-tuning and augmentation options on tiny CPU runs:
+--init from a checkpoint of another head (re-initialised and reported),
+--freeze (the frozen tensors leave the run as they came), --head-lr-mult (the
+head's rate in the optimizer), --weights offline (a clear error naming the
+file), --augment PRESET with an exact resume, and the errors."""
+import os
+
+import pytest
+import torch
+
+from pycnn import data as pdata
+from pycnn import train as ptrain
+
+needs_data = pytest.mark.skipif(not os.path.isdir(pdata.DEFAULT_DATA_DIR), reason="Fashion-MNIST is not installed")
+TINY = ["--model", "lenet_bn", "--limit-train", 256, "--limit-test", 256, "--batch-size", 64, "--epochs", 1,
+        "--workers", 0, "--quiet"]
+
+
+def run(*argv):
+    return ptrain.main([str(a) for a in argv])
+
+
+def checkpoint(out):
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+
+
+@needs_data
+def test_init_freeze_and_head_rate(tmp_path, capsys):
+    source = tmp_path / "source"
+    assert run(*TINY, "--num-classes", 12, "--out", source) == 0
+    base = checkpoint(source)["model"]
+    head = [name for name in base if name.startswith(next(iter(reversed(base))).rsplit(".", 1)[0])]
+    frozen_prefix = next(iter(base)).split(".")[0]
+    out = tmp_path / "tuned"
+    capsys.readouterr()
+    loud = [a for a in TINY if a != "--quiet"]  # the report is part of the banner
+    assert run(*loud, "--init", source / "checkpoint.pt", "--freeze", frozen_prefix, "--head-lr-mult", 10,
+               "--lr", 0.05, "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "re-initialised (shape differs from the file's)" in printed and "frozen:" in printed
+    tuned = checkpoint(out)
+    for name, value in tuned["model"].items():
+        if name.startswith(frozen_prefix + ".") and "running" not in name and "num_batches" not in name:
+            assert torch.equal(value, base[name]), name  # frozen: as loaded
+    assert tuned["model"][head[0]].shape[0] == 10  # the new head, for 10 classes
+    groups = tuned["optimizer"]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    assert tuned["config"]["init"] == str(source / "checkpoint.pt") and tuned["config"]["freeze"] == [frozen_prefix]
+    # Resuming keeps the run's own weights (no second --init) and its groups.
+    assert run("--model", "lenet_bn", "--resume", "--epochs", 2, "--out", out, "--workers", 0, "--quiet") == 0
+    assert checkpoint(out)["epoch"] == 2
+
+
+@needs_data
+def test_augment_presets_resume_exactly(tmp_path):
+    common = [*TINY, "--augment", "course", "--seed", 3]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run(*common, "--epochs", 2, "--out", full) == 0
+    assert run(*common, "--out", part) == 0
+    assert run("--model", "lenet_bn", "--resume", "--epochs", 2, "--out", part, "--workers", 0, "--quiet") == 0
+    a, b = checkpoint(full), checkpoint(part)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["config"]["augment"] == "course"
+
+
+@needs_data
+def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    assert run(*TINY, "--init", tmp_path / "none.pt", "--out", tmp_path / "a") == 2
+    assert "no such file" in capsys.readouterr().err
+    assert run(*TINY, "--freeze", "nothing", "--out", tmp_path / "b") == 2
+    assert "its top-level modules" in capsys.readouterr().err
+    assert run(*TINY, "--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", tmp_path / "c") == 2
+    assert "--weights names torchvision weights" in capsys.readouterr().err
+    pytest.importorskip("torchvision")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    tv = ["--model", "tv:resnet18", "--resize", 32, "--limit-train", 64, "--limit-test", 64, "--batch-size", 32,
+          "--epochs", 1, "--workers", 0, "--quiet"]
+    assert run(*tv, "--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", tmp_path / "d") == 2
+    err = capsys.readouterr().err
+    assert "resnet18-f37072fd.pth is not in" in err and "copy it to" in err
