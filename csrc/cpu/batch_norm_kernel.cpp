@@ -1,5 +1,6 @@
-// batch_norm on the CPU, over an (N, C, S) view of the input (S = L, H*W or 1),
-// or over the (N*H*W, C) matrix of a channels_last one.
+// batch_norm on the CPU, over an (N, C, S) view of the input (S = L or H*W),
+// or over the (M, C) matrix of a channels_last input (M = N*H*W) or of one
+// with S = 1 (M = N).
 //
 // Channels are independent, so they run in parallel; each channel makes one
 // pass for its statistics and one to normalise. The statistics are sums of
@@ -269,6 +270,14 @@ void batch_norm_backward_kernel_channels_last(
 
 // --- entry points -----------------------------------------------------------
 
+// Whether the contiguous data is an (M, C) matrix with channels innermost:
+// channels_last, or any input whose spatial size is 1 ((N, C): BatchNorm1d
+// after a linear layer), where the (N, C, S) kernels would walk each channel
+// with a stride of C, one element per row.
+bool as_rows_by_channels(at::MemoryFormat format, const BatchNormShape& shape) {
+  return format == at::MemoryFormat::ChannelsLast || shape.spatial == 1;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
     const Tensor& input_arg, const std::optional<Tensor>& weight_arg, const std::optional<Tensor>& bias_arg,
     const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training, double momentum,
@@ -306,8 +315,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cpu(
   const Tensor weight = weight_arg.has_value() && weight_arg->defined() ? weight_arg->contiguous() : Tensor();
   const Tensor bias = bias_arg.has_value() && bias_arg->defined() ? bias_arg->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_cpu", [&] {
-    const auto kernel = format == at::MemoryFormat::ChannelsLast ? batch_norm_forward_kernel_channels_last<scalar_t>
-                                                                 : batch_norm_forward_kernel<scalar_t>;
+    const auto kernel = as_rows_by_channels(format, shape) ? batch_norm_forward_kernel_channels_last<scalar_t>
+                                                           : batch_norm_forward_kernel<scalar_t>;
     kernel(
         input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
         weight.defined() ? weight.const_data_ptr<scalar_t>() : nullptr,
@@ -346,8 +355,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
   const Tensor save_mean = save_mean_arg.contiguous();
   const Tensor save_invstd = save_invstd_arg.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_backward_cpu", [&] {
-    const auto kernel = format == at::MemoryFormat::ChannelsLast ? batch_norm_backward_kernel_channels_last<scalar_t>
-                                                                 : batch_norm_backward_kernel<scalar_t>;
+    const auto kernel = as_rows_by_channels(format, shape) ? batch_norm_backward_kernel_channels_last<scalar_t>
+                                                           : batch_norm_backward_kernel<scalar_t>;
     kernel(
         grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
         weight.defined() ? weight.const_data_ptr<scalar_t>() : nullptr, save_mean.const_data_ptr<scalar_t>(),
