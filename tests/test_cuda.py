@@ -1,6 +1,8 @@
-"""Paths only a GPU reaches: corr2d over several GEMM chunks, batch-norm's split
-reductions, batch 0, float16 / bfloat16 against float32 native, 64-bit
-indexing, CUDA graphs and non-default streams. Skipped without CUDA; run by
+"""Paths only a GPU reaches: corr2d over several GEMM chunks and with one sample
+per chunk, corr2d's grad_bias over many blocks and its output_mask,
+batch-norm's split reductions and its (N, C) kernels, adaptive pooling's
+warp-per-cell kernel, pooling at the 32-bit index boundary, batch 0, float16 /
+bfloat16 against float32 native, 64-bit indexing, CUDA graphs and non-default streams. Skipped without CUDA; run by
 tools/device_check. References are computed with TF32 off, or cuDNN's own
 rounding (about 5e-4) would fail correct kernels."""
 
@@ -101,6 +103,35 @@ def test_max_pool2d_past_two_to_the_31_elements(PF):
     assert out[1, 0, -1, -1] == 1 and indices[1, 0, -1, -1] == shape[2] * shape[3] - 1
     out.backward(torch.ones_like(out))
     assert x.grad[1, 0, -1, -1] == 1
+
+
+@pytest.mark.parametrize("width, path", [(32767, "int32"), (32769, "int64")])
+def test_pooling_at_the_32bit_index_boundary(PF, width, path):
+    # 65535 x 32767 = 2^31 - 98,305 elements: the 32-bit index path for the
+    # forwards (their item count is the quarter-size output) with offsets up to
+    # nearly 2^31, the 64-bit one for the backwards (count + grid > 2^31 - 1);
+    # 65535 x 32769 = 2^31 + 32,767: 64-bit everywhere. Exact against native.
+    shape = (1, 1, 65535, width)
+    numel = shape[2] * shape[3]
+    free, _ = torch.cuda.mem_get_info()
+    if free < 6 * numel * 2 + 2**30:
+        pytest.skip(f"needs about {(6 * numel * 2 + 2**30) / 2**30:.0f} GiB of free GPU memory")
+    x = torch.zeros(shape, device="cuda", dtype=torch.float16)
+    x[0, 0, -1, -1] = 1  # the last element
+    x[0, 0, -2, 0] = 2
+    x.requires_grad_()
+    out, indices = PF.max_pool2d(x, 2, return_indices=True, ceil_mode=True)
+    assert out[0, 0, -1, -1] == 1 and indices[0, 0, -1, -1] == numel - 1
+    assert out[0, 0, -2, 0] == 2 and indices[0, 0, -2, 0] == (shape[2] - 2) * width
+    out.backward(torch.ones_like(out))
+    assert x.grad[0, 0, -1, -1] == 1 and x.grad[0, 0, -2, 0] == 1
+    assert x.grad.sum(dtype=torch.float64).item() == out.numel()  # one gradient per window, none lost
+    del out, indices
+    x.grad = None
+    avg = PF.avg_pool2d(x, 2, ceil_mode=True)
+    assert avg[0, 0, -1, -1] == 1  # the last window holds one element (ceil_mode)
+    avg.backward(torch.ones_like(avg))
+    assert x.grad[0, 0, -1, -1] == 1 and x.grad[0, 0, 0, 0] == 0.25
 
 
 def test_cuda_graph_capture_of_a_training_step(PN):
