@@ -56,8 +56,12 @@ def _corr2d_backward_input_fake(grad_output, weight, input_size, stride, padding
 
 
 @torch.library.register_fake("pycnn::corr2d_backward_weight")
-def _corr2d_backward_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups):
-    return grad_output.new_empty(weight_size), grad_output.new_empty((weight_size[0],))
+def _corr2d_backward_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups,
+                                 output_mask=(True, True)):
+    # An output that output_mask does not ask for is an empty (0,) tensor.
+    grad_weight = grad_output.new_empty(weight_size if output_mask[0] else (0,))
+    grad_bias = grad_output.new_empty((weight_size[0],) if output_mask[1] else (0,))
+    return grad_weight, grad_bias
 
 
 @torch.library.register_fake("pycnn::max_pool2d")

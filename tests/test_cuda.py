@@ -46,6 +46,53 @@ def test_corr2d_over_several_gemm_chunks(PF, groups):
         assert_close_scaled(a, e, torch.float64, "conv", msg=name)
 
 
+@pytest.mark.parametrize("groups", [1, 4])
+def test_corr2d_one_sample_per_chunk(PF, groups):
+    # 256 * 9 column rows of 128 * 128 columns: 37.7M elements per sample, more
+    # than half the column buffer, so every chunk holds one sample and the
+    # GEMMs write the output (and read grad_output) in place, with groups too.
+    x = torch.randn(3, 256, 128, 128, device="cuda", dtype=torch.float64)
+    w = torch.randn(32, 256 // groups, 3, 3, device="cuda", dtype=torch.float64)
+    b = torch.randn(32, device="cuda", dtype=torch.float64)
+    ours, native = _both(lambda x, w, b: PF.conv2d(x, w, b, padding=1, groups=groups),
+                         lambda x, w, b: F.conv2d(x, w, b, padding=1, groups=groups), x, w, b)
+    for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias"], ours, native):
+        assert_close_scaled(a, e, torch.float64, "conv", msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=["float64", "float32", "float16", "bfloat16"])
+def test_corr2d_grad_bias_over_many_blocks(ops, dtype):
+    # 37 * 75 * 83 = 230,325 elements per channel: 15 slices of grad_bias's
+    # first pass (the last one short), summed in a fixed order in opmath.
+    go = torch.randn(37, 5, 75, 83, device="cuda", dtype=torch.float64)
+    x = torch.randn(37, 3, 77, 85, device="cuda", dtype=dtype)
+    conv = ([1, 1], [0, 0], [1, 1], 1)
+    gw, gb = ops.corr2d_backward_weight(go.to(dtype), x, [5, 3, 3, 3], *conv, [False, True])
+    assert gw.shape == (0,) and gb.dtype == dtype
+    expected = go.to(dtype).double().sum((0, 2, 3))
+    # Accumulated in float32 for half / bfloat16 (float64 for float64): one rounding at the end.
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(gb.double(), expected, rtol=tolerance, atol=tolerance * go.numel() ** 0.5)
+    again = ops.corr2d_backward_weight(go.to(dtype), x, [5, 3, 3, 3], *conv, [False, True])[1]
+    assert torch.equal(gb, again)  # deterministic: no atomics
+
+
+@pytest.mark.parametrize("mask", [[True, False], [False, True], [True, True]],
+                         ids=["weight_only", "bias_only", "both"])
+def test_corr2d_backward_weight_output_mask_on_cuda(ops, mask):
+    go = torch.randn(20, 16, 30, 30, device="cuda", dtype=torch.float64)
+    x = torch.randn(20, 8, 32, 32, device="cuda", dtype=torch.float64)
+    conv = ([1, 1], [0, 0], [1, 1], 2)
+    gw, gb = ops.corr2d_backward_weight(go, x, [16, 4, 3, 3], *conv, mask)
+    gw_ref = torch.nn.grad.conv2d_weight(x, (16, 4, 3, 3), go, 1, 0, 1, 2)
+    for got, ref, wanted in ((gw, gw_ref, mask[0]), (gb, go.sum((0, 2, 3)), mask[1])):
+        if wanted:
+            assert_close_scaled(got, ref, torch.float64, "conv")
+        else:
+            assert got.shape == (0,)
+
+
 @pytest.mark.parametrize("shape, dtype, shift", [((64, 3, 128, 128), torch.float64, 0.0),
                                                  ((64, 3, 128, 128), torch.float32, 1e4),
                                                  ((4096, 1024), torch.float32, 0.0)],

@@ -40,6 +40,11 @@ def corr2d_backward_weight_cases(device):
     yield "basic_f64", (_t(2, 4, 7, 6, device=device, dtype=torch.float64),
                         _t(2, 3, 7, 6, device=device, dtype=torch.float64), [4, 3, 3, 3],
                         [1, 1], [1, 1], [1, 1], 1)
+    # output_mask: an output not asked for is an empty (0,) tensor.
+    yield "weight_only", (_t(2, 4, 7, 6, device=device, grad=True), _t(2, 3, 7, 6, device=device, grad=True),
+                          [4, 3, 3, 3], [1, 1], [1, 1], [1, 1], 1, [True, False])
+    yield "bias_only", (_t(2, 6, 4, 7, device=device, grad=True), _t(2, 4, 9, 8, device=device), [6, 2, 3, 2],
+                        [2, 1], [1, 0], [2, 1], 2, [False, True])
 
 
 def max_pool2d_cases(device):
@@ -141,7 +146,7 @@ def _names(op):
     return {
         "corr2d": ["basic", "nobias_groups_strided", "channels_last_f64", "no_grad"],
         "corr2d_backward_input": ["groups", "basic"],
-        "corr2d_backward_weight": ["groups", "basic_f64"],
+        "corr2d_backward_weight": ["groups", "basic_f64", "weight_only", "bias_only"],
         "max_pool2d": ["basic", "ceil_dilated", "channels_last_f64"],
         "max_pool2d_backward": ["basic", "ceil_dilated", "channels_last_f64"],
         "avg_pool2d": ["basic", "ceil_exclude_pad", "divisor"],
