@@ -107,6 +107,37 @@ def test_batch_norm_split_reductions(PF, shape, dtype, shift):
         assert_close_scaled(a, e, dtype, "norm", msg=name)
 
 
+@pytest.mark.parametrize("shape, dtype, shift", [((100003, 100), torch.float64, 0.0),
+                                                 ((65536, 96), torch.float32, 1e3),
+                                                 ((40000, 31), torch.float64, 0.0),
+                                                 ((3, 4096), torch.float32, 0.0),
+                                                 ((70000, 64), torch.float16, 0.0)],
+                         ids=["large_n_partial_block", "large_n_shifted", "below_a_warp_of_channels",
+                              "small_n_wide", "float16"])
+def test_batch_norm_1d_channels_along_threads(PF, shape, dtype, shift):
+    # The (N, C) first-pass kernels: threads along C, rows split across blocks
+    # (100 channels: a last block of 4; 31: the general kernels), against
+    # native in float64 (float16 against float32 native).
+    x = torch.randn(shape, device="cuda", dtype=torch.float64) + shift
+    c = shape[1]
+    w, b = torch.rand(c, device="cuda", dtype=torch.float64), torch.randn(c, device="cuda", dtype=torch.float64)
+    reference = torch.float32 if dtype == torch.float16 else dtype
+    ours = _forward_backward(lambda x, w, b: PF.batch_norm(x, None, None, w, b, training=True),
+                             x.to(dtype), w.to(dtype), b.to(dtype))
+    native = _forward_backward(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+                               x.to(reference), w.to(reference), b.to(reference))
+    for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias"], ours, native):
+        assert_close_scaled(a.to(reference), e, dtype, "norm", msg=name)
+    running_mean = torch.zeros(c, device="cuda", dtype=dtype)
+    running_var = torch.ones(c, device="cuda", dtype=dtype)
+    PF.batch_norm(x.to(dtype), running_mean, running_var, training=True, momentum=1.0)
+    assert_close_scaled(running_mean.to(reference), x.to(reference).mean(0), dtype, "norm", msg="running_mean")
+    assert_close_scaled(running_var.to(reference), x.to(reference).var(0), dtype, "norm", msg="running_var")
+    again = _forward_backward(lambda x, w, b: PF.batch_norm(x, None, None, w, b, training=True),
+                              x.to(dtype), w.to(dtype), b.to(dtype))
+    assert all(torch.equal(a, e) for a, e in zip(ours, again))  # deterministic
+
+
 LAYERS = {
     "conv2d": lambda m, x: m.conv2d(x, torch.ones(4, 3, 3, 3, device=x.device, dtype=x.dtype), padding=1),
     "max_pool2d": lambda m, x: m.max_pool2d(x, 3, 2, 1),
