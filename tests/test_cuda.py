@@ -138,6 +138,23 @@ def test_batch_norm_1d_channels_along_threads(PF, shape, dtype, shift):
     assert all(torch.equal(a, e) for a, e in zip(ours, again))  # deterministic
 
 
+@pytest.mark.parametrize("shape, output_size", [((2, 3, 1000, 1000), (3, 2)), ((2, 3, 1000, 1000), (40, 30)),
+                                                ((4, 5, 301, 17), (2, 1)), ((2, 3, 64, 64), (9, 7))],
+                         ids=["huge_windows", "many_warp_cells", "narrow_windows", "thread_per_cell"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=["float64", "float16"])
+def test_adaptive_avg_pool2d_large_windows(PF, shape, output_size, dtype):
+    # Windows of at least 256 elements take a warp per output cell.
+    x = torch.randn(shape, device="cuda", dtype=torch.float64)
+    reference = torch.float32 if dtype == torch.float16 else dtype
+    ours = _forward_backward(lambda x: PF.adaptive_avg_pool2d(x, output_size), x.to(dtype))
+    native = _forward_backward(lambda x: F.adaptive_avg_pool2d(x, output_size), x.to(reference))
+    for name, a, e in zip(["output", "grad_input"], ours, native):
+        assert a.dtype == dtype
+        assert_close_scaled(a.to(reference), e, dtype, "pool", msg=name)
+    again = PF.adaptive_avg_pool2d(x.to(dtype), output_size)
+    assert torch.equal(ours[0], again)  # deterministic
+
+
 LAYERS = {
     "conv2d": lambda m, x: m.conv2d(x, torch.ones(4, 3, 3, 3, device=x.device, dtype=x.dtype), padding=1),
     "max_pool2d": lambda m, x: m.max_pool2d(x, 3, 2, 1),
