@@ -60,6 +60,24 @@ def test_corr2d_one_sample_per_chunk(PF, groups):
         assert_close_scaled(a, e, torch.float64, "conv", msg=name)
 
 
+@pytest.mark.parametrize("shape, groups", [((64, 3, 64, 64), 1), ((8, 64, 8, 8), 1), ((64, 4, 64, 64), 2)],
+                         ids=["per_sample_products", "channel_major_copy", "groups_copy"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=["float64", "float32", "float16"])
+def test_corr2d_grad_weight_paths(ops, shape, groups, dtype):
+    # backward_weight with several samples per chunk: one group with K = 27 < L
+    # = 4096 sums per-sample products of a batched GEMM (float32 / float64);
+    # K = 576 > L = 64, several groups, or float16 copy grad_output channel-major.
+    n, c, h, w = shape
+    x = torch.randn(shape, device="cuda", dtype=torch.float64)
+    go = torch.randn(n, 16, h, w, device="cuda", dtype=torch.float64)
+    reference = torch.float32 if dtype == torch.float16 else dtype
+    gw, _ = ops.corr2d_backward_weight(go.to(dtype), x.to(dtype), [16, c // groups, 3, 3], [1, 1], [1, 1], [1, 1],
+                                       groups, [True, False])
+    expected = torch.nn.grad.conv2d_weight(x.to(reference), (16, c // groups, 3, 3), go.to(reference), 1, 1, 1, groups)
+    assert gw.dtype == dtype
+    assert_close_scaled(gw.to(reference), expected, dtype, "conv")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
                          ids=["float64", "float32", "float16", "bfloat16"])
 def test_corr2d_grad_bias_over_many_blocks(ops, dtype):

@@ -19,7 +19,9 @@
 // chunk the channel-major result is the output. Only several groups and
 // several samples per chunk go through a channel-major buffer and a copy.
 // The backward passes run the same steps in reverse (col2im is a gather, see
-// col2im_kernel), reading grad_output in place in the same cases.
+// col2im_kernel). backward_input reads grad_output in place in the same cases;
+// backward_weight, whose GEMM also sums over the samples, does for one sample
+// per chunk, and for one group when K < L (see corr2d_backward_weight_cuda).
 //
 // The elementwise kernels index in 32 bits when every index fits
 // (fits_32bit_indexing), else in 64 bits.
@@ -412,9 +414,14 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cuda(
 
   // The chunks' contributions are summed in the operator's accumulation type
   // (float32 for half / bfloat16), so that many chunks do not add many roundings.
-  // (A GEMM batched over the samples cannot sum over them, so with several
-  // samples per chunk grad_output is copied channel-major, a [G][O / G][samples * L]
-  // matrix whose rows the GEMM reduces over all samples at once.)
+  // A chunk's GEMM sums over its samples too, which takes grad_output
+  // channel-major ([G][O / G][samples * L], a copy for several samples). A GEMM
+  // batched over the samples reads grad_output in place but cannot sum over
+  // them: it writes one [O][K] product per sample, summed afterwards. That is
+  // less memory traffic than the copy when K < L, and is taken then for one
+  // group in float32 / float64 (for half / bfloat16 the per-sample products
+  // would each be rounded to half before the sum).
+  const bool per_sample_products = groups == 1 && g.column_rows() < out_plane && !is_reduced_precision(input);
   Tensor grad_weight_sum = at::zeros(
       {groups, out_channels / groups, g.column_rows() / groups},
       input.options().dtype(at::toOpMathType(input.scalar_type())));
@@ -424,8 +431,17 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cuda(
     const int64_t samples = std::min(chunk, batch - first);
     Tensor columns = columns_view(column_buffer, g, samples, groups);
     im2col(input, first, samples, g, columns);
-    grad_weight_sum.add_(
-        at::bmm(grad_output_channel_major(grad_output, first, samples, groups), columns.transpose(1, 2)));
+    if (per_sample_products && samples > 1) {
+      // [samples][O][L] @ [samples][L][K] (the columns in place, see columns_by_sample), then summed over the samples.
+      grad_weight_sum[0].add_(
+          at::bmm(
+              grad_output.narrow(0, first, samples).view({samples, out_channels, out_plane}),
+              columns_by_sample(columns[0], samples).transpose(1, 2))
+              .sum(0));
+    } else {
+      grad_weight_sum.add_(
+          at::bmm(grad_output_channel_major(grad_output, first, samples, groups), columns.transpose(1, 2)));
+    }
   }
   return {grad_weight_sum.view(weight_size).to(input.scalar_type()), grad_bias};
 }
