@@ -12,7 +12,9 @@
 
 TORCH_LIBRARY(pycnn, m) {
   // 2-D cross-correlation (what torch.nn.Conv2d computes). The backward is two
-  // operators so that autograd computes only the gradients that are needed.
+  // operators so that autograd computes only the gradients that are needed;
+  // corr2d_backward_weight's output_mask says which of (grad_weight, grad_bias)
+  // to compute, and an output not asked for is an empty (0,) tensor.
   m.def(
       "corr2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups) -> Tensor");
@@ -21,7 +23,8 @@ TORCH_LIBRARY(pycnn, m) {
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   m.def(
       "corr2d_backward_weight(Tensor grad_output, Tensor input, SymInt[4] weight_size, "
-      "int[2] stride, int[2] padding, int[2] dilation, int groups) -> (Tensor grad_weight, Tensor grad_bias)");
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, bool[2] output_mask=[True, True]) "
+      "-> (Tensor grad_weight, Tensor grad_bias)");
 
   // Max pooling: values and the per-plane flat argmax (h * W + w), as PyTorch.
   // The backward takes the window too, so that a kernel can gather, for each

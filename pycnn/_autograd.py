@@ -151,10 +151,11 @@ def _corr2d_backward(ctx, grad_output):
     grad_input = grad_weight = grad_bias = None
     if needs[0]:
         grad_input = ops.corr2d_backward_input(grad_output, weight, input.shape, *ctx.args)
-    if needs[1] or (ctx.has_bias and needs[2]):
-        grad_weight, grad_bias = ops.corr2d_backward_weight(grad_output, input, weight.shape, *ctx.args)
-        grad_weight = grad_weight if needs[1] else None
-        grad_bias = grad_bias if ctx.has_bias and needs[2] else None
+    mask = [needs[1], ctx.has_bias and needs[2]]
+    if any(mask):  # only what is needed: an output not in the mask is not computed (an empty tensor)
+        grad_weight, grad_bias = ops.corr2d_backward_weight(grad_output, input, weight.shape, *ctx.args, mask)
+        grad_weight = grad_weight if mask[0] else None
+        grad_bias = grad_bias if mask[1] else None
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
@@ -184,7 +185,8 @@ def _corr2d_backward_input_backward(ctx, grad_grad_input):
     grad_grad_output = ops.corr2d(grad_grad_input, weight, None, *ctx.args) if needs[0] else None
     grad_weight = None
     if needs[1]:
-        grad_weight = ops.corr2d_backward_weight(grad_output, grad_grad_input, weight.shape, *ctx.args)[0]
+        grad_weight = ops.corr2d_backward_weight(
+            grad_output, grad_grad_input, weight.shape, *ctx.args, [True, False])[0]
     return grad_grad_output, grad_weight, None, None, None, None, None
 
 
@@ -204,32 +206,53 @@ _register(
 )
 
 
+def _output_mask(rest):
+    """corr2d_backward_weight's output_mask, from the arguments after groups (none: the default)."""
+    return [bool(m) for m in rest[0]] if rest else [True, True]
+
+
 def _corr2d_backward_weight_setup_context(ctx, inputs, output):
-    grad_output, input, weight_size, *args = inputs
+    grad_output, input, weight_size, stride, padding, dilation, groups, *rest = inputs
     _save(ctx, grad_output, input)
-    ctx.args = args
+    ctx.args = (stride, padding, dilation, groups)
+    ctx.mask = _output_mask(rest)
     ctx.weight_size = weight_size
+    ctx.num_inputs = len(inputs)  # output_mask may be left out (its default): then the kernel gets 7
 
 
 def _corr2d_backward_weight_backward(ctx, grad_grad_weight, grad_grad_bias):
     grad_output, input = ctx.saved_tensors
     needs = ctx.needs_input_grad
+    # An output not computed (output_mask) is an empty tensor, and so is its
+    # (materialised) gradient: it contributes nothing.
+    grad_grad_weight = grad_grad_weight if ctx.mask[0] else None
+    grad_grad_bias = grad_grad_bias if ctx.mask[1] else None
     # grad_weight = <grad_output, input patches>, grad_bias = Σ grad_output.
-    grad_grad_output = ops.corr2d(input, grad_grad_weight, grad_grad_bias, *ctx.args) if needs[0] else None
-    grad_input = None
-    if needs[1]:
+    grad_grad_output = grad_input = None
+    if needs[0] and grad_grad_weight is not None:
+        grad_grad_output = ops.corr2d(input, grad_grad_weight, grad_grad_bias, *ctx.args)
+    elif needs[0] and grad_grad_bias is not None:
+        grad_grad_output = grad_grad_bias.view(1, -1, 1, 1).expand(grad_output.shape)
+    if needs[1] and grad_grad_weight is not None:
         grad_input = ops.corr2d_backward_input(grad_output, grad_grad_weight, input.shape, *ctx.args)
-    return grad_grad_output, grad_input, None, None, None, None, None
+    return (grad_grad_output, grad_input) + (None,) * (ctx.num_inputs - 2)
 
 
 def _corr2d_backward_weight_jvp(ctx, grad_output_t, input_t, *_):
     grad_output, input = ctx.saved_tensors
+    mask = ctx.mask
     grad_weight_t = grad_bias_t = None
     if grad_output_t is not None:
-        grad_weight_t, grad_bias_t = ops.corr2d_backward_weight(grad_output_t, input, ctx.weight_size, *ctx.args)
-    if input_t is not None:
-        along_input, _ = ops.corr2d_backward_weight(grad_output, input_t, ctx.weight_size, *ctx.args)
+        grad_weight_t, grad_bias_t = ops.corr2d_backward_weight(
+            grad_output_t, input, ctx.weight_size, *ctx.args, mask)
+    if input_t is not None and mask[0]:
+        along_input, _ = ops.corr2d_backward_weight(grad_output, input_t, ctx.weight_size, *ctx.args, [True, False])
         grad_weight_t = _add(grad_weight_t, along_input)
+    # An output not computed has an empty tangent.
+    if not mask[0]:
+        grad_weight_t = grad_output.new_empty(0)
+    if not mask[1]:
+        grad_bias_t = grad_output.new_empty(0)
     return grad_weight_t, grad_bias_t
 
 

@@ -257,12 +257,16 @@ def _corr2d_backward_input_fake(grad_output, weight, input_size, stride, padding
 
 
 @torch.library.register_fake("pycnn::corr2d_backward_weight")
-def _corr2d_backward_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups):
+def _corr2d_backward_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups,
+                                 output_mask=(True, True)):
     _check_corr2d_backward(
         "pycnn.corr2d_backward_weight", grad_output, input, "input", input.shape, weight_size, stride, padding,
         dilation, groups,
     )
-    return grad_output.new_empty(weight_size), grad_output.new_empty((weight_size[0],))
+    # An output that output_mask does not ask for is an empty (0,) tensor.
+    grad_weight = grad_output.new_empty(weight_size if output_mask[0] else (0,))
+    grad_bias = grad_output.new_empty((weight_size[0],) if output_mask[1] else (0,))
+    return grad_weight, grad_bias
 
 
 _register_autocast("corr2d", "cuda")

@@ -87,15 +87,19 @@ def _corr2d_backward_input_vmap(info, in_dims, grad_output, weight, input_size, 
 
 
 @torch.library.register_vmap("pycnn::corr2d_backward_weight")
-def _corr2d_backward_weight_vmap(info, in_dims, grad_output, input, weight_size, stride, padding, dilation, groups):
+def _corr2d_backward_weight_vmap(info, in_dims, grad_output, input, weight_size, stride, padding, dilation, groups,
+                                 output_mask=(True, True)):
     # One weight gradient per sample: never summed over B, so always grouped.
     grad_output_dim, input_dim = in_dims[:2]
     size = info.batch_size
+    mask = [bool(m) for m in output_mask]
     grad_weight, grad_bias = ops.corr2d_backward_weight(
         _into_channels(grad_output, grad_output_dim, size), _into_channels(input, input_dim, size),
-        [size * weight_size[0], *weight_size[1:]], stride, padding, dilation, groups * size,
+        [size * weight_size[0], *weight_size[1:]], stride, padding, dilation, groups * size, mask,
     )
-    return (_from_batch(grad_weight, size), _from_batch(grad_bias, size)), (0, 0)
+    # An output not computed is one empty (0,) tensor, unbatched.
+    outputs = [_from_batch(t, size) if m else t for t, m in zip((grad_weight, grad_bias), mask)]
+    return tuple(outputs), tuple(0 if m else None for m in mask)
 
 
 # --- max_pool2d ---------------------------------------------------------------

@@ -389,6 +389,9 @@ OPCHECK = {
     "corr2d_backward_weight": {
         "groups": lambda d: corr2d_backward_weight_args("groups_2_strided_asymmetric", d),
         "basic_f64": lambda d: corr2d_backward_weight_args("padded_3x3", d, torch.float64),
+        # output_mask: an output not asked for is an empty (0,) tensor.
+        "weight_only": lambda d: (*corr2d_backward_weight_args("padded_3x3", d), [True, False]),
+        "bias_only": lambda d: (*corr2d_backward_weight_args("groups_2_strided_asymmetric", d), [False, True]),
     },
     **{
         name: cases

@@ -209,3 +209,112 @@ def test_conv2d_expanded_input(PF, device, dtype):
     base = torch.randn(1, 3, 1, 6, dtype=dtype, device=device)
     w = torch.randn(4, 3, 3, 3, dtype=dtype, device=device)
     compare_with_native(PF.conv2d, F.conv2d, [base, w, None, 1, 1], views={0: lambda t: t.expand(2, 3, 5, 6)})
+
+
+# --- corr2d_backward_weight's output_mask ---------------------------------------
+
+
+@pytest.mark.parametrize("mask", [[True, True], [True, False], [False, True], [False, False]],
+                         ids=["both", "weight_only", "bias_only", "neither"])
+def test_corr2d_backward_weight_output_mask(ops, mask, device, dtype):
+    # An output not asked for is an empty (0,) tensor; the ones asked for are
+    # exactly what the unmasked call gives.
+    x = torch.randn(3, 4, 7, 6, dtype=dtype, device=device)
+    go = torch.randn(3, 6, 4, 6, dtype=dtype, device=device)
+    conv = ([2, 1], [1, 1], [1, 1], 2)
+    gw_all, gb_all = ops.corr2d_backward_weight(go, x, [6, 2, 3, 3], *conv)
+    gw, gb = ops.corr2d_backward_weight(go, x, [6, 2, 3, 3], *conv, mask)
+    for got, full, wanted in ((gw, gw_all, mask[0]), (gb, gb_all, mask[1])):
+        assert got.dtype == dtype and got.device == full.device
+        if wanted:
+            torch.testing.assert_close(got, full, rtol=0, atol=0)
+        else:
+            assert got.shape == (0,)
+
+
+def _backward_weight_masks(fn):
+    """The output_mask of every corr2d_backward_weight call that fn() makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    masks = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.pycnn.corr2d_backward_weight.default:
+                # An argument equal to its default ([True, True]) reaches the mode left out.
+                masks.append([bool(m) for m in args[7]] if len(args) > 7 else [True, True])
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        fn()
+    return masks
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, False), (False, False, True),
+                                   (True, False, False), (False, True, True)],
+                         ids=["all", "weight_only", "bias_only", "input_only", "weight_and_bias"])
+def test_corr2d_backward_computes_only_the_needed_gradients(PF, needs, device):
+    # autograd asks corr2d_backward_weight only for the gradients it needs,
+    # and the gradients are those of native's.
+    x = torch.randn(2, 4, 8, 7, dtype=torch.float64, device=device, requires_grad=needs[0])
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=needs[1])
+    b = torch.randn(6, dtype=torch.float64, device=device, requires_grad=needs[2])
+    args = dict(stride=(1, 2), padding=1, groups=2)
+    leaves = [t for t in (x, w, b) if t.requires_grad]
+    grads = []
+    masks = _backward_weight_masks(
+        lambda: grads.extend(torch.autograd.grad(PF.conv2d(x, w, b, **args).square().sum(), leaves)))
+    expected_mask = [needs[1], needs[2]]
+    assert masks == ([expected_mask] if any(expected_mask) else [])
+    native = torch.autograd.grad(F.conv2d(x, w, b, **args).square().sum(), leaves)
+    for got, ref in zip(grads, native):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_corr2d_double_backward_asks_only_for_grad_weight(PF, device):
+    # corr2d_backward_input's derivative in the weight needs grad_weight only.
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+
+    def second_order():
+        (gx,) = torch.autograd.grad(PF.conv2d(x, w, padding=1).sum(), x, create_graph=True)
+        torch.autograd.grad(gx.square().sum(), w)
+
+    logged = _backward_weight_masks(second_order)
+    assert [True, False] in logged
+
+
+@pytest.mark.parametrize("mask", [[True, False], [False, True]], ids=["weight_only", "bias_only"])
+def test_corr2d_backward_weight_masked_derivatives(ops, mask, device):
+    # The masked operator's own derivatives (reverse and forward mode) are
+    # those of the outputs it computes.
+    go = torch.randn(2, 4, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    conv = ([1, 1], [1, 1], [1, 1], 1)
+
+    def fn(go, x):
+        gw, gb = ops.corr2d_backward_weight(go, x, [4, 3, 3, 3], *conv, mask)
+        return gw if mask[0] else gb
+
+    torch.autograd.gradcheck(fn, (go, x))
+    torch.autograd.gradgradcheck(fn, (go, x))
+    tangents = (torch.randn_like(go), torch.randn_like(x))
+    _, jvp = torch.func.jvp(lambda go, x: fn(go, x), (go.detach(), x.detach()), tangents)
+    _, vjp_fn = torch.func.vjp(lambda go, x: fn(go, x), go.detach(), x.detach())
+    # <J t, J t> two ways: jvp against vjp of the same cotangent.
+    vjp = vjp_fn(jvp)
+    assert torch.allclose((jvp * jvp).sum(), sum((v * t).sum() for v, t in zip(vjp, tangents)), rtol=1e-9)
+
+
+def test_vmap_corr2d_backward_weight_masked(ops, device):
+    gy = torch.randn(3, 2, 6, 4, 4, dtype=torch.float64, device=device)
+    x = torch.randn(3, 2, 4, 7, 6, dtype=torch.float64, device=device)
+    conv = ([2, 1], [1, 0], [1, 2], 2)
+    for mask in ([True, False], [False, True]):
+        gw, gb = torch.vmap(lambda gy, x: ops.corr2d_backward_weight(gy, x, [6, 2, 3, 2], *conv, mask))(gy, x)
+        loop = [ops.corr2d_backward_weight(gy[i], x[i], [6, 2, 3, 2], *conv, mask) for i in range(3)]
+        for k, got in enumerate((gw, gb)):
+            if mask[k]:
+                torch.testing.assert_close(got, torch.stack([r[k] for r in loop]), rtol=1e-12, atol=1e-12)
+            else:
+                assert got.numel() == 0

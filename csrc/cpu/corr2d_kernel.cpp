@@ -17,6 +17,8 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "pycnn/checks.h"
 #include "pycnn/geometry.h"
 
@@ -318,7 +320,7 @@ Tensor corr2d_backward_input_cpu(
 
 std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
     const Tensor& grad_output_arg, const Tensor& input_arg, c10::SymIntArrayRef weight_size_arg, IntArrayRef stride,
-    IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+    IntArrayRef padding, IntArrayRef dilation, int64_t groups, std::array<bool, 2> output_mask) {
   const auto weight_size = C10_AS_INTARRAYREF_SLOW(weight_size_arg);
   check_corr2d_backward(
       "pycnn.corr2d_backward_weight", grad_output_arg, input_arg, "input", input_arg.sizes(), weight_size, stride,
@@ -326,9 +328,11 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see corr2d_cpu
   if (is_reduced_precision(input_arg)) {  // in float32 (precision.h)
     auto [grad_weight, grad_bias] = corr2d_backward_weight_cpu(
-        upcast(grad_output_arg), upcast(input_arg), weight_size_arg, stride, padding, dilation, groups);
+        upcast(grad_output_arg), upcast(input_arg), weight_size_arg, stride, padding, dilation, groups, output_mask);
     return {grad_weight.to(input_arg.scalar_type()), grad_bias.to(input_arg.scalar_type())};
   }
+  // An output not asked for is an empty (0,) tensor, and not computed.
+  const auto not_computed = [&] { return at::empty({0}, input_arg.options()); };
 
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor input = input_arg.contiguous();
@@ -340,7 +344,10 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   const int64_t batch = input.size(0);
 
   // grad_bias: grad_output summed over the batch and every output position.
-  Tensor grad_bias = grad_output.view({batch, out_channels, L}).sum({0, 2});
+  Tensor grad_bias = output_mask[1] ? grad_output.view({batch, out_channels, L}).sum({0, 2}) : not_computed();
+  if (!output_mask[0]) {
+    return {not_computed(), grad_bias};
+  }
 
   // Each thread accumulates its chunks' contributions into its own slot; the
   // slots are summed at the end, so no two threads write one element.

@@ -12,6 +12,7 @@
 #include "common.cuh"
 #include "pycnn/checks.h"
 #include "pycnn/geometry.h"
+#include "pycnn/indexing.h"
 #include "pycnn/window.h"
 
 namespace pycnn {
@@ -21,15 +22,18 @@ using cuda::blocks_for;
 using cuda::launch;
 using cuda::with_format_of;
 
-// `planes` is N * C; each (n, c) plane is pooled on its own.
-template <typename scalar_t>
+// `planes` is N * C; each (n, c) plane is pooled on its own. index_t is
+// int32_t when every index fits (fits_32bit_indexing), else int64_t: the
+// division and modulo that find an item's plane and position are then 32-bit.
+template <typename scalar_t, typename index_t>
 __global__ void avg_pool2d_forward_kernel(
-    const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t planes, AvgPool2dGeometry g) {
+    const scalar_t* __restrict__ input, scalar_t* __restrict__ output, index_t planes, AvgPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t out_plane = g.out_h * g.out_w;
-  PYCNN_GRID_STRIDE_LOOP(index, planes * out_plane) {
-    const int64_t plane = index / out_plane;
-    const AvgWindow window = g.window((index % out_plane) / g.out_w, index % g.out_w);
+  const index_t out_w = static_cast<index_t>(g.out_w);
+  const index_t out_plane = static_cast<index_t>(g.out_h) * out_w;
+  PYCNN_GRID_STRIDE_LOOP_T(index_t, index, planes * out_plane) {
+    const index_t plane = index / out_plane;
+    const AvgWindow window = g.window((index % out_plane) / out_w, index % out_w);
     if (avg_pool_window_empty(window)) {
       output[index] = scalar_t(0);
       continue;
@@ -49,23 +53,27 @@ __global__ void avg_pool2d_forward_kernel(
 // outputs whose clipped windows contain (h, w). A gather (one thread per input
 // element) rather than a scatter from the outputs: overlapping windows would
 // need atomics, which are slower for half / bfloat16 and non-deterministic.
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void avg_pool2d_backward_kernel(
-    const scalar_t* __restrict__ grad_output, scalar_t* __restrict__ grad_input, int64_t planes, AvgPool2dGeometry g) {
+    const scalar_t* __restrict__ grad_output, scalar_t* __restrict__ grad_input, index_t planes, AvgPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t in_plane = g.in_h * g.in_w;
-  PYCNN_GRID_STRIDE_LOOP(index, planes * in_plane) {
-    const int64_t plane = index / in_plane;
-    const int64_t h = (index % in_plane) / g.in_w;
-    const int64_t w = index % g.in_w;
+  const index_t in_w = static_cast<index_t>(g.in_w);
+  const index_t in_plane = static_cast<index_t>(g.in_h) * in_w;
+  const index_t pad_h = static_cast<index_t>(g.pad_h), pad_w = static_cast<index_t>(g.pad_w);
+  const index_t kernel_h = static_cast<index_t>(g.kernel_h), kernel_w = static_cast<index_t>(g.kernel_w);
+  const index_t stride_h = static_cast<index_t>(g.stride_h), stride_w = static_cast<index_t>(g.stride_w);
+  PYCNN_GRID_STRIDE_LOOP_T(index_t, index, planes * in_plane) {
+    const index_t plane = index / in_plane;
+    const index_t h = (index % in_plane) / in_w;
+    const index_t w = index % in_w;
     // The unclipped window of output oh covers rows [oh * sH - pH, oh * sH - pH + kH),
     // which contain h for oh in [floor((h + pH - kH) / sH) + 1, floor((h + pH) / sH)].
     // Clipped windows are smaller, so the candidates are then checked exactly.
-    const int64_t oh_begin = std::max<int64_t>(floor_div(h + g.pad_h - g.kernel_h, g.stride_h) + 1, 0);
-    const int64_t oh_end = std::min<int64_t>(floor_div(h + g.pad_h, g.stride_h) + 1, g.out_h);
-    const int64_t ow_begin = std::max<int64_t>(floor_div(w + g.pad_w - g.kernel_w, g.stride_w) + 1, 0);
-    const int64_t ow_end = std::min<int64_t>(floor_div(w + g.pad_w, g.stride_w) + 1, g.out_w);
-    const scalar_t* plane_grad_output = grad_output + plane * g.out_h * g.out_w;
+    const int64_t oh_begin = std::max<int64_t>(floor_div<index_t>(h + pad_h - kernel_h, stride_h) + 1, 0);
+    const int64_t oh_end = std::min<int64_t>(floor_div<index_t>(h + pad_h, stride_h) + 1, g.out_h);
+    const int64_t ow_begin = std::max<int64_t>(floor_div<index_t>(w + pad_w - kernel_w, stride_w) + 1, 0);
+    const int64_t ow_end = std::min<int64_t>(floor_div<index_t>(w + pad_w, stride_w) + 1, g.out_w);
+    const scalar_t* plane_grad_output = grad_output + static_cast<int64_t>(plane) * g.out_h * g.out_w;
     opmath_t sum = 0;
     for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
       for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
@@ -95,10 +103,14 @@ Tensor avg_pool2d_cuda(
   const AvgPool2dGeometry g = make_avg_pool2d_geometry(
       input.sizes(), output_shape, kernel_size, stride, padding, count_include_pad, divisor_override);
   const int64_t planes = input.size(0) * input.size(1);
+  const bool use_32bit =
+      fits_32bit_indexing({input.numel(), output.numel()}, output.numel(), cuda::grid_threads(output.numel()));
   PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_avg_pool2d_cuda", [&] {
-    launch(
-        avg_pool2d_forward_kernel<scalar_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
-        output.mutable_data_ptr<scalar_t>(), planes, g);
+    PYCNN_DISPATCH_INDEX_TYPE(use_32bit, [&] {
+      launch(
+          avg_pool2d_forward_kernel<scalar_t, index_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
+          output.mutable_data_ptr<scalar_t>(), static_cast<index_t>(planes), g);
+    });
   });
   return with_format_of(output, input_arg);
 }
@@ -119,10 +131,15 @@ Tensor avg_pool2d_backward_cuda(
   const AvgPool2dGeometry g = make_avg_pool2d_geometry(
       input_arg.sizes(), output_shape, kernel_size, stride, padding, count_include_pad, divisor_override);
   const int64_t planes = input_arg.size(0) * input_arg.size(1);
+  const bool use_32bit = fits_32bit_indexing(
+      {grad_input.numel(), grad_output.numel()}, grad_input.numel(), cuda::grid_threads(grad_input.numel()));
   PYCNN_DISPATCH_FLOATING_TYPES(input_arg.scalar_type(), "pycnn_avg_pool2d_backward_cuda", [&] {
-    launch(
-        avg_pool2d_backward_kernel<scalar_t>, blocks_for(grad_input.numel()), grad_output.const_data_ptr<scalar_t>(),
-        grad_input.mutable_data_ptr<scalar_t>(), planes, g);
+    PYCNN_DISPATCH_INDEX_TYPE(use_32bit, [&] {
+      launch(
+          avg_pool2d_backward_kernel<scalar_t, index_t>, blocks_for(grad_input.numel()),
+          grad_output.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), static_cast<index_t>(planes),
+          g);
+    });
   });
   return with_format_of(grad_input, input_arg);
 }

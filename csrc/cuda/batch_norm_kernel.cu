@@ -9,6 +9,10 @@
 // large; the fixed order keeps the results deterministic (no atomics). An
 // elementwise kernel then writes the output or grad_input.
 //
+// An (N, C) input (S = 1) has its own first-pass kernels (the *_rows_kernel
+// ones): there a channel's elements are C apart and neighbouring channels are
+// neighbours in memory, so their threads run along C, not along a channel.
+//
 // The statistics are computed with Welford's algorithm, whose partial results
 // are merged with Chan et al.'s formula: unlike Σx² - (Σx)²/n it does not
 // cancel catastrophically when the mean is large against the spread.
@@ -273,6 +277,86 @@ __global__ void batch_norm_grad_input_kernel(
   }
 }
 
+// --- the (N, C) layout ------------------------------------------------------
+// With S = 1, element n of channel c is input[n * C + c]: a thread per channel
+// walking its rows makes the threads of a warp read C apart. Here the 32 lanes
+// of a warp take 32 consecutive channels, so that each warp reads 32
+// neighbouring elements of one row, and the kRowLanes warps of a block take
+// interleaved rows: block (x, k) reduces slice k of the rows (slice_bounds
+// over the N rows, which are the channel's N * S elements) for channels
+// [32x, 32x + 32), warp r the rows begin + r, begin + r + kRowLanes, ... Each
+// thread accumulates its rows in order; the kRowLanes results of a channel are
+// then merged in the fixed order r = 0, 1, ... and written where the general
+// first pass writes slice k's (partial[c * splits + k]), for the same second
+// pass. Deterministic: no atomics, and a fixed assignment and order throughout.
+constexpr int kChannelsPerBlock = C10_WARP_SIZE;
+constexpr int kRowLanes = kThreadsPerBlock / kChannelsPerBlock;
+
+template <typename scalar_t>
+__global__ void batch_stats_partial_rows_kernel(
+    const scalar_t* __restrict__ input, at::opmath_type<scalar_t>* __restrict__ partial_mean,
+    at::opmath_type<scalar_t>* __restrict__ partial_m2, BatchNormShape shape, ChannelSlices slices) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  __shared__ Welford<opmath_t> lane_stats[kRowLanes][kChannelsPerBlock];
+  const int lane = threadIdx.x % kChannelsPerBlock;
+  const int row_lane = threadIdx.x / kChannelsPerBlock;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kChannelsPerBlock + lane;
+  const int64_t split = blockIdx.y;
+  const SliceBounds rows = slice_bounds(split, slices, shape.batch);
+  Welford<opmath_t> stats{0, 0, 0};
+  if (c < shape.channels) {
+    for (int64_t n = rows.begin + row_lane; n < rows.end; n += kRowLanes) {
+      welford_add(stats, static_cast<opmath_t>(input[n * shape.channels + c]));
+    }
+  }
+  lane_stats[row_lane][lane] = stats;
+  __syncthreads();
+  if (row_lane == 0 && c < shape.channels) {
+    for (int r = 1; r < kRowLanes; ++r) {
+      stats = welford_merge(stats, lane_stats[r][lane]);
+    }
+    partial_mean[c * slices.splits + split] = stats.mean;
+    partial_m2[c * slices.splits + split] = stats.m2;
+  }
+}
+
+template <typename scalar_t>
+__global__ void grad_sums_partial_rows_kernel(
+    const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+    const at::opmath_type<scalar_t>* __restrict__ mean, at::opmath_type<scalar_t>* __restrict__ partial_sum_dy,
+    at::opmath_type<scalar_t>* __restrict__ partial_dot, BatchNormShape shape, ChannelSlices slices) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  __shared__ opmath_t lane_sum_dy[kRowLanes][kChannelsPerBlock];
+  __shared__ opmath_t lane_dot[kRowLanes][kChannelsPerBlock];
+  const int lane = threadIdx.x % kChannelsPerBlock;
+  const int row_lane = threadIdx.x / kChannelsPerBlock;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kChannelsPerBlock + lane;
+  const int64_t split = blockIdx.y;
+  const SliceBounds rows = slice_bounds(split, slices, shape.batch);
+  opmath_t sum_dy = 0;
+  opmath_t dot = 0;
+  if (c < shape.channels) {
+    const opmath_t channel_mean = mean[c];
+    for (int64_t n = rows.begin + row_lane; n < rows.end; n += kRowLanes) {
+      const int64_t offset = n * shape.channels + c;
+      const opmath_t dy = static_cast<opmath_t>(grad_output[offset]);
+      sum_dy += dy;
+      dot += dy * (static_cast<opmath_t>(input[offset]) - channel_mean);
+    }
+  }
+  lane_sum_dy[row_lane][lane] = sum_dy;
+  lane_dot[row_lane][lane] = dot;
+  __syncthreads();
+  if (row_lane == 0 && c < shape.channels) {
+    for (int r = 1; r < kRowLanes; ++r) {
+      sum_dy += lane_sum_dy[r][lane];
+      dot += lane_dot[r][lane];
+    }
+    partial_sum_dy[c * slices.splits + split] = sum_dy;
+    partial_dot[c * slices.splits + split] = dot;
+  }
+}
+
 // --- host helpers -----------------------------------------------------------
 
 // Enough blocks per channel that each reduces about kElementsPerBlock
@@ -288,6 +372,29 @@ ChannelSlices channel_slices(int64_t channel_numel) {
 // The first-pass grid: channels along x (up to 2^31 - 1), slices along y.
 dim3 partial_grid(const BatchNormShape& shape, const ChannelSlices& slices) {
   return dim3(static_cast<unsigned int>(shape.channels), static_cast<unsigned int>(slices.splits));
+}
+
+// Whether the first pass runs the (N, C) kernels: spatial size 1, and at
+// least a warp's worth of channels (with fewer, a warp of the general kernels
+// reads a few neighbouring cache lines anyway).
+bool use_rows_kernels(const BatchNormShape& shape) {
+  return shape.spatial == 1 && shape.channels >= kChannelsPerBlock;
+}
+
+// The (N, C) kernels' slices of the N rows: about kRowsPerBlock rows per block
+// (16 per thread), at most kMaxRowSplits.
+ChannelSlices row_slices(int64_t rows) {
+  constexpr int64_t kRowsPerBlock = 16 * kRowLanes;
+  constexpr int64_t kMaxRowSplits = 256;
+  const int64_t splits = std::clamp<int64_t>((rows + kRowsPerBlock - 1) / kRowsPerBlock, 1, kMaxRowSplits);
+  return {splits, (rows + splits - 1) / splits};
+}
+
+// Their grid: blocks of kChannelsPerBlock channels along x, slices along y.
+dim3 rows_grid(const BatchNormShape& shape, const ChannelSlices& slices) {
+  return dim3(
+      static_cast<unsigned int>((shape.channels + kChannelsPerBlock - 1) / kChannelsPerBlock),
+      static_cast<unsigned int>(slices.splits));
 }
 
 // The data of an optional per-channel tensor (weight, bias), null when absent.
@@ -343,11 +450,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_norm_cuda(
   PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     if (use_batch_stats) {
-      const ChannelSlices slices = channel_slices(shape.channel_numel());
+      const bool rows = use_rows_kernels(shape);
+      const ChannelSlices slices = rows ? row_slices(shape.batch) : channel_slices(shape.channel_numel());
       Tensor partial_mean = at::empty({shape.channels * slices.splits}, stats_options);
       Tensor partial_m2 = at::empty({shape.channels * slices.splits}, stats_options);
       launch(
-          batch_stats_partial_kernel<scalar_t>, partial_grid(shape, slices), input.const_data_ptr<scalar_t>(),
+          rows ? batch_stats_partial_rows_kernel<scalar_t> : batch_stats_partial_kernel<scalar_t>,
+          rows ? rows_grid(shape, slices) : partial_grid(shape, slices), input.const_data_ptr<scalar_t>(),
           partial_mean.mutable_data_ptr<opmath_t>(), partial_m2.mutable_data_ptr<opmath_t>(), shape, slices);
       launch(
           batch_stats_finalize_kernel<scalar_t>, blocks_for(shape.channels), partial_mean.const_data_ptr<opmath_t>(),
@@ -401,11 +510,13 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
 
   PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_batch_norm_backward_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const ChannelSlices slices = channel_slices(shape.channel_numel());
+    const bool rows = use_rows_kernels(shape);
+    const ChannelSlices slices = rows ? row_slices(shape.batch) : channel_slices(shape.channel_numel());
     Tensor partial_sum_dy = at::empty({shape.channels * slices.splits}, stats_options);
     Tensor partial_dot = at::empty({shape.channels * slices.splits}, stats_options);
     launch(
-        grad_sums_partial_kernel<scalar_t>, partial_grid(shape, slices), grad_output.const_data_ptr<scalar_t>(),
+        rows ? grad_sums_partial_rows_kernel<scalar_t> : grad_sums_partial_kernel<scalar_t>,
+        rows ? rows_grid(shape, slices) : partial_grid(shape, slices), grad_output.const_data_ptr<scalar_t>(),
         input.const_data_ptr<scalar_t>(), save_mean.const_data_ptr<opmath_t>(),
         partial_sum_dy.mutable_data_ptr<opmath_t>(), partial_dot.mutable_data_ptr<opmath_t>(), shape, slices);
 

@@ -45,6 +45,33 @@ void launch(void (*kernel)(Params...), dim3 grid, Args&&... args) {
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < (count); \
        index += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
+// The same loop with an index of type index_t (int32_t or int64_t, see
+// PYCNN_DISPATCH_INDEX_TYPE): 32-bit division and modulo are several times
+// cheaper than 64-bit ones, which the elementwise kernels do per item.
+#define PYCNN_GRID_STRIDE_LOOP_T(index_t, index, count)                                                             \
+  for (index_t index =                                                                                              \
+           static_cast<index_t>(blockIdx.x) * static_cast<index_t>(blockDim.x) + static_cast<index_t>(threadIdx.x); \
+       index < (count); index += static_cast<index_t>(blockDim.x) * static_cast<index_t>(gridDim.x))
+
+// Runs the lambda __VA_ARGS__ with `index_t` defined as int32_t when
+// USE_32BIT (see fits_32bit_indexing in pycnn/indexing.h), else int64_t:
+//   PYCNN_DISPATCH_INDEX_TYPE(fits_32bit_indexing(...), [&] { launch(kernel<scalar_t, index_t>, ...); });
+#define PYCNN_DISPATCH_INDEX_TYPE(USE_32BIT, ...) \
+  [&] {                                           \
+    if (USE_32BIT) {                              \
+      using index_t = int32_t;                    \
+      return __VA_ARGS__();                       \
+    } else {                                      \
+      using index_t = int64_t;                    \
+      return __VA_ARGS__();                       \
+    }                                             \
+  }()
+
+// The number of threads in a grid of blocks_for(count) blocks.
+inline int64_t grid_threads(int64_t count) {
+  return static_cast<int64_t>(blocks_for(count)) * kThreadsPerBlock;
+}
+
 // Sum of `value` over the 32 lanes of a warp; the result is valid in lane 0.
 // All lanes of the warp must call it.
 template <typename T>

@@ -15,6 +15,7 @@
 #include "common.cuh"
 #include "pycnn/checks.h"
 #include "pycnn/geometry.h"
+#include "pycnn/indexing.h"
 #include "pycnn/window.h"
 
 namespace pycnn {
@@ -24,17 +25,20 @@ using cuda::blocks_for;
 using cuda::launch;
 using cuda::with_format_of;
 
-// `planes` is N * C; each (n, c) plane is pooled on its own.
-template <typename scalar_t>
+// `planes` is N * C; each (n, c) plane is pooled on its own. index_t is
+// int32_t when every index fits (fits_32bit_indexing), else int64_t: the
+// division and modulo that find an item's plane and position are then 32-bit.
+template <typename scalar_t, typename index_t>
 __global__ void max_pool2d_forward_kernel(
-    const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t* __restrict__ indices, int64_t planes,
+    const scalar_t* __restrict__ input, scalar_t* __restrict__ output, int64_t* __restrict__ indices, index_t planes,
     MaxPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t out_plane = g.out_h * g.out_w;
-  PYCNN_GRID_STRIDE_LOOP(index, planes * out_plane) {
-    const int64_t plane = index / out_plane;
-    const int64_t oh = (index % out_plane) / g.out_w;
-    const int64_t ow = index % g.out_w;
+  const index_t out_w = static_cast<index_t>(g.out_w);
+  const index_t out_plane = static_cast<index_t>(g.out_h) * out_w;
+  PYCNN_GRID_STRIDE_LOOP_T(index_t, index, planes * out_plane) {
+    const index_t plane = index / out_plane;
+    const index_t oh = (index % out_plane) / out_w;
+    const index_t ow = index % out_w;
     const MaxWindow rows = max_pool_window(oh, g.in_h, g.kernel_h, g.pad_h, g.stride_h, g.dilation_h);
     const MaxWindow cols = max_pool_window(ow, g.in_w, g.kernel_w, g.pad_w, g.stride_w, g.dilation_w);
     const scalar_t* plane_input = input + plane * g.in_h * g.in_w;
@@ -64,22 +68,25 @@ __global__ void max_pool2d_forward_kernel(
 // not deterministic and, for half / bfloat16, round every partial sum. A
 // window entirely in the padding (max_pool_window_empty) routes its gradient
 // nowhere, as on the CPU.
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void max_pool2d_backward_kernel(
     const scalar_t* __restrict__ grad_output, const int64_t* __restrict__ indices, scalar_t* __restrict__ grad_input,
-    int64_t planes, MaxPool2dGeometry g) {
+    index_t planes, MaxPool2dGeometry g) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t in_plane = g.in_h * g.in_w;
+  const index_t in_w = static_cast<index_t>(g.in_w);
+  const index_t in_plane = static_cast<index_t>(g.in_h) * in_w;
   const int64_t out_plane = g.out_h * g.out_w;
-  PYCNN_GRID_STRIDE_LOOP(index, planes * in_plane) {
-    const int64_t plane = index / in_plane;
-    const int64_t position = index % in_plane;
-    const OutputRange rows =
-        outputs_containing(position / g.in_w, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, g.out_h);
-    const OutputRange cols =
-        outputs_containing(position % g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, g.out_w);
-    const int64_t* plane_indices = indices + plane * out_plane;
-    const scalar_t* plane_grad_output = grad_output + plane * out_plane;
+  PYCNN_GRID_STRIDE_LOOP_T(index_t, index, planes * in_plane) {
+    const index_t plane = index / in_plane;
+    const index_t position = index % in_plane;
+    const OutputRange<index_t> rows = outputs_containing<index_t>(
+        position / in_w, static_cast<index_t>(g.pad_h), static_cast<index_t>(g.kernel_h),
+        static_cast<index_t>(g.stride_h), static_cast<index_t>(g.dilation_h), static_cast<index_t>(g.out_h));
+    const OutputRange<index_t> cols = outputs_containing<index_t>(
+        position % in_w, static_cast<index_t>(g.pad_w), static_cast<index_t>(g.kernel_w),
+        static_cast<index_t>(g.stride_w), static_cast<index_t>(g.dilation_w), static_cast<index_t>(g.out_w));
+    const int64_t* plane_indices = indices + static_cast<int64_t>(plane) * out_plane;
+    const scalar_t* plane_grad_output = grad_output + static_cast<int64_t>(plane) * out_plane;
     opmath_t sum = 0;
     for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
       if (max_pool_window_empty(oh, g.in_h, g.kernel_h, g.pad_h, g.stride_h, g.dilation_h)) {
@@ -112,10 +119,14 @@ std::tuple<Tensor, Tensor> max_pool2d_cuda(
   const MaxPool2dGeometry g =
       make_max_pool2d_geometry(input.sizes(), output_shape, kernel_size, stride, padding, dilation);
   const int64_t planes = input.size(0) * input.size(1);
+  const bool use_32bit =
+      fits_32bit_indexing({input.numel(), output.numel()}, output.numel(), cuda::grid_threads(output.numel()));
   PYCNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_max_pool2d_cuda", [&] {
-    launch(
-        max_pool2d_forward_kernel<scalar_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
-        output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), planes, g);
+    PYCNN_DISPATCH_INDEX_TYPE(use_32bit, [&] {
+      launch(
+          max_pool2d_forward_kernel<scalar_t, index_t>, blocks_for(output.numel()), input.const_data_ptr<scalar_t>(),
+          output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), static_cast<index_t>(planes), g);
+    });
   });
   return {with_format_of(output, input_arg), with_format_of(indices, input_arg)};
 }
@@ -138,10 +149,15 @@ Tensor max_pool2d_backward_cuda(
   const MaxPool2dGeometry g =
       make_max_pool2d_geometry(input_arg.sizes(), output_shape, kernel_size, stride, padding, dilation);
   const int64_t planes = input_arg.size(0) * input_arg.size(1);
+  const bool use_32bit = fits_32bit_indexing(
+      {grad_input.numel(), grad_output.numel()}, grad_input.numel(), cuda::grid_threads(grad_input.numel()));
   PYCNN_DISPATCH_FLOATING_TYPES(input_arg.scalar_type(), "pycnn_max_pool2d_backward_cuda", [&] {
-    launch(
-        max_pool2d_backward_kernel<scalar_t>, blocks_for(grad_input.numel()), grad_output.const_data_ptr<scalar_t>(),
-        indices.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>(), planes, g);
+    PYCNN_DISPATCH_INDEX_TYPE(use_32bit, [&] {
+      launch(
+          max_pool2d_backward_kernel<scalar_t, index_t>, blocks_for(grad_input.numel()),
+          grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+          grad_input.mutable_data_ptr<scalar_t>(), static_cast<index_t>(planes), g);
+    });
   });
   return with_format_of(grad_input, input_arg);
 }

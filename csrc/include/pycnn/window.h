@@ -14,8 +14,10 @@
 namespace pycnn {
 
 // Floor division that is correct for negative numerators (C++ truncates).
-PYCNN_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
-  const int64_t q = a / b;
+// T is int64_t, or int32_t in the CUDA kernels' 32-bit index path.
+template <typename T>
+PYCNN_HOST_DEVICE T floor_div(T a, T b) {
+  const T q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
@@ -38,10 +40,13 @@ PYCNN_HOST_DEVICE int64_t pooling_output_size(
 }
 
 // Adaptive pooling: output cell i covers [floor(i*in/out), ceil((i+1)*in/out)).
-PYCNN_HOST_DEVICE int64_t adaptive_start(int64_t i, int64_t in, int64_t out) {
+// T as for floor_div (int32_t needs (out + 1) * in to fit).
+template <typename T>
+PYCNN_HOST_DEVICE T adaptive_start(T i, T in, T out) {
   return (i * in) / out;
 }
-PYCNN_HOST_DEVICE int64_t adaptive_end(int64_t i, int64_t in, int64_t out) {
+template <typename T>
+PYCNN_HOST_DEVICE T adaptive_end(T i, T in, T out) {
   return ((i + 1) * in + out - 1) / out;
 }
 
@@ -64,14 +69,16 @@ PYCNN_HOST_DEVICE MaxWindow max_pool_window(
 // The outputs [begin, end) along one axis whose window's span -- positions
 // o * stride - pad to o * stride - pad + (kernel - 1) * dilation -- contains
 // input position i: where a backward that gathers must look.
+// T as for floor_div.
+template <typename T = int64_t>
 struct OutputRange {
-  int64_t begin;
-  int64_t end;
+  T begin;
+  T end;
 };
-PYCNN_HOST_DEVICE OutputRange outputs_containing(
-    int64_t i, int64_t pad, int64_t kernel, int64_t stride, int64_t dilation, int64_t out) {
-  const int64_t begin = floor_div(i + pad - (kernel - 1) * dilation - 1, stride) + 1;
-  const int64_t end = floor_div(i + pad, stride) + 1;
+template <typename T>
+PYCNN_HOST_DEVICE OutputRange<T> outputs_containing(T i, T pad, T kernel, T stride, T dilation, T out) {
+  const T begin = floor_div<T>(i + pad - (kernel - 1) * dilation - 1, stride) + 1;
+  const T end = floor_div<T>(i + pad, stride) + 1;
   return {begin > 0 ? begin : 0, end < out ? end : out};
 }
 
