@@ -41,6 +41,12 @@ PRESET_HELP = {
 DEFAULT_PRESET = "flip-crop"
 
 
+def presets_help() -> str:
+    """The presets for an argparse help string (which argparse %-formats, so
+    the percentages are escaped)."""
+    return "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()).replace("%", "%%")
+
+
 def _v2():
     try:
         from torchvision.transforms import v2

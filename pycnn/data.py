@@ -379,13 +379,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import argparse
     import sys
 
-    from pycnn.augment import PRESET_HELP
+    from pycnn.augment import PRESET_HELP, presets_help
 
     parser = argparse.ArgumentParser(prog="python -m pycnn.data", description="Fashion-MNIST helpers")
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("show", help="draw a grid of augmented training images")
     show.add_argument("--augment", default="flip-crop", choices=list(PRESET_HELP),
-                      help="; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()))
+                      help=presets_help())
     show.add_argument("--out", default="augment.png", help="PNG to write (default augment.png)")
     show.add_argument("--images", type=int, default=4, help="training images, one row each (default 4)")
     show.add_argument("--versions", type=int, default=7, help="augmented copies of each (default 7)")

@@ -80,7 +80,7 @@ from torch import nn
 import pycnn.models
 from pycnn import data as pdata
 from pycnn import finetune
-from pycnn.augment import DEFAULT_PRESET, PRESET_HELP
+from pycnn.augment import DEFAULT_PRESET, PRESET_HELP, presets_help
 
 PROG = "pycnn.train"
 TORCHVISION_PREFIX = "tv:"
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate per step: constant, cosine decay to 0, or one-cycle (warm up 30%%, anneal)")
     g.add_argument("--augment", nargs="?", const=DEFAULT_PRESET, choices=list(PRESET_HELP), metavar="PRESET",
                    help="augmentation of the training images; alone: flip-crop. Presets: "
-                        + "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()))
+                        + presets_help())
     g.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="no augmentation")
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--seed", type=int)

@@ -6,6 +6,7 @@ of each class, as 28x28 grey PNGs, and their manifest.
 The page (export/serve/ui) offers them one click away; tests/test_serve_ui.py
 checks that they are exactly these test images.
 """
+import argparse
 import json
 import os
 import sys
@@ -25,20 +26,24 @@ def sample_indices(labels, per_class=1):
     return chosen
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=OUT, help="folder to write (default: the serving page's samples)")
+    out = parser.parse_args(argv).out
+
     from pycnn.data import CLASSES, load_split
 
     images, labels = load_split("test")
-    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     manifest = []
     for index in sample_indices(labels):
         name = f"test{index:05d}.png"
-        Image.fromarray(images[index], "L").save(os.path.join(OUT, name), optimize=True)
+        Image.fromarray(images[index], "L").save(os.path.join(out, name), optimize=True)
         manifest.append({"file": name, "test_index": index, "label": CLASSES[labels[index]]})
-    with open(os.path.join(OUT, "samples.json"), "w") as f:
+    with open(os.path.join(out, "samples.json"), "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
-    print(f"wrote {len(manifest)} samples to {OUT}")
+    print(f"wrote {len(manifest)} samples to {out}")
 
 
 if __name__ == "__main__":
