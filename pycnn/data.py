@@ -212,6 +212,19 @@ def batch_seed(seed: int, epoch: int, rank: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank, number]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def check_classes(classes: Sequence[int]) -> Tuple[int, ...]:
+    """`classes` as a tuple of distinct Fashion-MNIST labels, or ValueError."""
+    classes = tuple(classes)
+    if not classes:
+        raise ValueError("classes: give at least one label")
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(CLASSES):
+            raise ValueError(f"classes: {c!r} is not a Fashion-MNIST label (0 to {len(CLASSES) - 1})")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes: {list(classes)} names a label twice")
+    return tuple(int(c) for c in classes)
+
+
 class FashionMNIST(torch.utils.data.Dataset):
     """One split of Fashion-MNIST, held as uint8 (N, 1, 28, 28) images and int64 labels.
 
@@ -223,15 +236,25 @@ class FashionMNIST(torch.utils.data.Dataset):
     Args:
         split: "train" or "test".
         data_dir: directory of the IDX files (default /usr/share/datasets/fashion-mnist).
-        limit: keep only the first `limit` examples.
+        limit: keep only the first `limit` examples (of `classes`, if given).
+        classes: keep only the examples of these labels (e.g. (5, 6, 7, 8, 9)),
+            relabelled 0, 1, ... in the order given; ``dataset.classes`` names them.
         size: (H, W) to resize to in the loader (None: leave uint8 28x28 for the caller).
         augment: an augmentation preset of pycnn.augment for each training
             batch (True: "flip-crop", the random flip and crop; False: none).
     """
 
     def __init__(self, split: str = "train", data_dir: Optional[str] = None, limit: Optional[int] = None,
-                 size: Optional[Sequence[int]] = None, augment=False):
+                 size: Optional[Sequence[int]] = None, augment=False, classes: Optional[Sequence[int]] = None):
         images, labels = load_split(split, data_dir)
+        names = CLASSES
+        if classes is not None:
+            classes = check_classes(classes)
+            keep = np.isin(labels, classes)
+            relabel = np.zeros(len(CLASSES), dtype=labels.dtype)
+            relabel[list(classes)] = np.arange(len(classes), dtype=labels.dtype)
+            images, labels = images[keep], relabel[labels[keep]]
+            names = tuple(CLASSES[c] for c in classes)
         if limit is not None:
             if limit <= 0:
                 raise ValueError(f"limit must be positive, got {limit}")
@@ -242,7 +265,7 @@ class FashionMNIST(torch.utils.data.Dataset):
         self.size = tuple(size) if size is not None else None
         self.augment = augment
         self.augmentation = make_augmentation(augment, IMAGE_HW)
-        self.classes = CLASSES
+        self.classes = names
 
     def __len__(self) -> int:
         return len(self.labels)

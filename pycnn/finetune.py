@@ -67,15 +67,25 @@ def _state_dict_of(obj, path: str) -> Dict[str, torch.Tensor]:
     return obj
 
 
-def load_state(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> InitReport:
-    """Copy `state` into `model` by name, as the module docstring says; the report."""
+def load_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], new_head: bool = False) -> InitReport:
+    """Copy `state` into `model` by name, as the module docstring says; the report.
+
+    new_head: keep the output layer's fresh initialisation even where its shape
+    fits (a model trained on other classes of the same count: Fashion-MNIST's
+    classes 0-4, fine-tuned on 5-9); reported as re-initialised."""
     report = InitReport()
     own = model.state_dict()
+    head = head_prefix(model) if new_head else None
+    if new_head and head is None:
+        raise ValueError("--new-head: the model has no output layer (no Linear or Conv2d) to re-initialise")
     for name, value in state.items():
         if name not in own:
             report.unexpected.append(name)
             continue
         target = own[name]
+        if head is not None and name.startswith(head + "."):
+            report.reinitialised.append(name)
+            continue
         if target.shape == value.shape:
             report.loaded.append(name)
         elif (target.dim() == 4 and value.dim() == 4 and target.shape[0] == value.shape[0]
@@ -91,15 +101,15 @@ def load_state(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> InitRe
     return report
 
 
-def load_init(model: torch.nn.Module, path: str) -> InitReport:
+def load_init(model: torch.nn.Module, path: str, new_head: bool = False) -> InitReport:
     """Initialise `model` from the weights file `path` (see load_state)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--init {path}: no such file")
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    return load_state(model, _state_dict_of(obj, path))
+    return load_state(model, _state_dict_of(obj, path), new_head=new_head)
 
 
-def load_torchvision_weights(model: torch.nn.Module, name: str) -> InitReport:
+def load_torchvision_weights(model: torch.nn.Module, name: str, new_head: bool = False) -> InitReport:
     """Initialise `model` from torchvision's named weights (e.g.
     "ResNet18_Weights.IMAGENET1K_V1"), downloaded into torch's hub cache when
     online; offline, a FileNotFoundError that names the file to fetch and where
@@ -122,7 +132,8 @@ def load_torchvision_weights(model: torch.nn.Module, name: str) -> InitReport:
             raise FileNotFoundError(
                 f"--weights {name}: {filename} is not in {folder} and cannot be downloaded here ({error}); "
                 f"fetch {weights.url} on a machine that is online and copy it to {cached}") from None
-    return load_state(model, _state_dict_of(torch.load(cached, map_location="cpu", weights_only=True), cached))
+    state = _state_dict_of(torch.load(cached, map_location="cpu", weights_only=True), cached)
+    return load_state(model, state, new_head=new_head)
 
 
 def freeze(model: torch.nn.Module, prefixes: Sequence[str]) -> List[str]:

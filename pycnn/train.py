@@ -102,13 +102,17 @@ REFERENCE = {
     "googlenet": dict(batch_size=128, lr=0.1),
     "resnet18": dict(batch_size=256, lr=0.05),
     "densenet": dict(batch_size=256, lr=0.1),
+    # Not a course model: its reference is ResNet-18's, for a like-for-like baseline.
+    "resnet9": dict(batch_size=256, lr=0.05),
 }
 COMMON_DEFAULTS = dict(epochs=10, optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant",
                        augment="none", label_smoothing=0.0, seed=0, backend="pycnn", model_options={},
-                       limit_train=None, limit_test=None, amp=False, resize=None, num_classes=10,
-                       init=None, weights=None, freeze=[], head_lr_mult=1.0)
+                       limit_train=None, limit_test=None, amp=False, resize=None, num_classes=None,
+                       init=None, weights=None, freeze=[], head_lr_mult=1.0, classes=None, new_head=False,
+                       tta=False)
 # What a checkpoint written before an option existed means by its absence.
-FINE_TUNING_DEFAULTS = dict(init=None, weights=None, freeze=[], head_lr_mult=1.0)
+LATER_OPTION_DEFAULTS = dict(num_classes=10, init=None, weights=None, freeze=[], head_lr_mult=1.0, classes=None,
+                             new_head=False, tta=False)
 # The improved recipes (--recipe best), measured on the LeNets with 10 epochs on
 # the CPU: one-cycle learning rate (30% warm-up, cosine annealing), batch 64;
 # Adam for the sigmoid LeNet, SGD with momentum for LeNet-BN. No weight decay,
@@ -134,8 +138,8 @@ RECIPES = {"reference": REFERENCE, "best": BEST}
 # only say how to run it.
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "augment",
                "label_smoothing", "seed", "backend", "resize", "model_options", "limit_train", "limit_test",
-               "amp", "num_classes", "init", "weights", "freeze", "head_lr_mult")
-ARCHITECTURE_KEYS = ("model", "model_options", "num_classes")
+               "amp", "num_classes", "init", "weights", "freeze", "head_lr_mult", "classes", "new_head", "tta")
+ARCHITECTURE_KEYS = ("model", "model_options", "num_classes", "classes")
 SCHEDULES = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -160,6 +164,19 @@ def _model_option(text: str):
         except ValueError:
             pass
     return key, value
+
+
+def _classes(text: str) -> List[int]:
+    """--classes: labels and ranges, "0-4" or "5,7,9" or "0-2,8"."""
+    labels = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            labels.extend(range(int(first), int(last or first) + 1))
+        return list(pdata.check_classes(labels))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}" if "classes" in str(error) else
+                                         f"{text!r} is not a list of labels and ranges such as 0-4 or 5,7,9") from None
 
 
 def _model_name(text: str) -> str:
@@ -215,7 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resize", type=int, help="input height = width (default: the model's input size)")
     g.add_argument("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
                    help="architecture option for pycnn.models.create (e.g. dropout=0.3)")
-    g.add_argument("--num-classes", type=int, help="outputs of the last layer (default 10, at least 10)")
+    g.add_argument("--num-classes", type=int,
+                   help="outputs of the last layer (default: the number of classes, 10 or those of --classes)")
+    g.add_argument("--classes", type=_classes, metavar="LABELS",
+                   help="train and test on these Fashion-MNIST labels only, e.g. 0-4 or 5,7,9, relabelled 0, 1, ... "
+                        "in order (with --limit-train: the first N images of these classes)")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: the test accuracy from the sum of the logits of each test image "
+                        "and its horizontal mirror")
     f = p.add_argument_group("fine-tuning (pycnn.finetune)")
     f.add_argument("--init", metavar="PATH",
                    help="start from these weights: a pycnn checkpoint, a state_dict or a torchvision weights file "
@@ -225,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "downloaded into torch's hub cache, or copied there by hand when offline)")
     f.add_argument("--freeze", type=lambda text: [p.strip() for p in text.split(",") if p.strip()],
                    metavar="PREFIX[,PREFIX...]", help="parameters under these modules do not train (e.g. conv1,layer1)")
+    f.add_argument("--new-head", action="store_true", default=None,
+                   help="re-initialise the output layer of --init/--weights even where its shape fits "
+                        "(the same number of other classes)")
     f.add_argument("--head-lr-mult", type=float,
                    help="learning rate of the output layer as a multiple of the body's (the course's recipe: 10)")
     g.add_argument("--limit-train", type=int, help="use only the first N training examples")
@@ -258,8 +285,7 @@ def resolve_config(args: argparse.Namespace, checkpoint_config: Optional[Dict[st
             raise UserError(f"the checkpoint was trained with --recipe {checkpoint_config.get('recipe')}, "
                             f"not {args.recipe}")
         config = dict(checkpoint_config)
-        config.setdefault("num_classes", 10)  # checkpoints from before --num-classes
-        for key, value in FINE_TUNING_DEFAULTS.items():  # ... and before fine-tuning
+        for key, value in LATER_OPTION_DEFAULTS.items():
             config.setdefault(key, value)
         config["augment"] = augment_preset(config.get("augment"))
         for key, value in given.items():
@@ -300,9 +326,14 @@ def resolve_config(args: argparse.Namespace, checkpoint_config: Optional[Dict[st
     for key in ("epochs", "batch_size"):
         if config[key] <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {config[key]}")
-    if config["num_classes"] < 10:
-        raise UserError(f"--num-classes must be at least 10 (Fashion-MNIST's labels are 0 to 9), "
-                        f"got {config['num_classes']}")
+    labels = len(config["classes"]) if config["classes"] else 10
+    if config["num_classes"] is None:
+        config["num_classes"] = labels
+    if config["num_classes"] < labels:
+        raise UserError(f"--num-classes must be at least {labels} (the labels of "
+                        f"{'--classes' if config['classes'] else 'Fashion-MNIST'}), got {config['num_classes']}")
+    if config["new_head"] and not (config["init"] or config["weights"]):
+        raise UserError("--new-head re-initialises the output layer of --init or --weights; give one of them")
     for key in ("limit_train", "limit_test", "resize"):
         if config.get(key) is not None and config[key] <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {config[key]}")
@@ -416,9 +447,9 @@ def prepare_fine_tuning(model: nn.Module, config: Dict[str, Any], fresh: bool) -
     if fresh and (config["init"] or config["weights"]):
         try:
             if config["init"]:
-                report = finetune.load_init(model, config["init"])
+                report = finetune.load_init(model, config["init"], new_head=config["new_head"])
             else:
-                report = finetune.load_torchvision_weights(model, config["weights"])
+                report = finetune.load_torchvision_weights(model, config["weights"], new_head=config["new_head"])
         except (OSError, ValueError) as error:
             raise UserError(str(error)) from None
         source = config["init"] or config["weights"]
@@ -573,7 +604,9 @@ def create_model(config: Dict[str, Any]):
     return model, size
 
 
-def evaluate(model: nn.Module, loader, device, size, resize_on_device: bool, ctx: Dist, amp: bool) -> float:
+def evaluate(model: nn.Module, loader, device, size, resize_on_device: bool, ctx: Dist, amp: bool,
+             tta: bool = False) -> float:
+    """Test accuracy; with tta, of the summed logits of each image and its mirror image."""
     model.eval()
     correct = total = 0
     with torch.no_grad():
@@ -584,6 +617,8 @@ def evaluate(model: nn.Module, loader, device, size, resize_on_device: bool, ctx
                 images = pdata.prepare_images(images, size)
             with autocast(device, amp):
                 outputs = model(images)
+                if tta:
+                    outputs = outputs + model(images.flip(-1))
             correct += int((outputs.argmax(1) == labels).sum())
             total += len(labels)
     correct, total = ctx.all_sum([correct, total])
@@ -618,9 +653,10 @@ def train(config: Dict[str, Any], ctx: Dist, checkpoint: Optional[Dict[str, Any]
     resize_on_device = device.type == "cuda"
     try:
         train_set = pdata.FashionMNIST("train", data_dir, limit=config["limit_train"],
-                                       size=None if resize_on_device else size, augment=config["augment"])
+                                       size=None if resize_on_device else size, augment=config["augment"],
+                                       classes=config["classes"])
         test_set = pdata.FashionMNIST("test", data_dir, limit=config["limit_test"],
-                                      size=None if resize_on_device else size)
+                                      size=None if resize_on_device else size, classes=config["classes"])
     except (pdata.DataNotFoundError, ValueError) as error:
         raise UserError(str(error)) from None
     pin = device.type == "cuda"
@@ -710,7 +746,7 @@ def train(config: Dict[str, Any], ctx: Dist, checkpoint: Optional[Dict[str, Any]
         train_time = time.perf_counter() - epoch_start
         loss_sum, correct, seen, train_time = ctx.all_sum([loss_sum, correct, seen, train_time])
         train_time /= ctx.world
-        test_acc = evaluate(model, test_loader, device, size, resize_on_device, ctx, config["amp"])
+        test_acc = evaluate(model, test_loader, device, size, resize_on_device, ctx, config["amp"], config["tta"])
         elapsed = elapsed_before + time.perf_counter() - run_start
         record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                   "test_acc": test_acc, "examples_per_sec": seen / train_time, "elapsed_sec": elapsed,

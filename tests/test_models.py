@@ -23,7 +23,7 @@ import pycnn.nn as pnn
 from pycnn.models import ClassicCNN, create, list_models, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ["lenet", "lenet_bn", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet"]
+MODELS = ["lenet", "lenet_bn", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet", "resnet9"]
 # Options for the tests that run forward and backward several times.
 LIGHT = {"vgg11": {"width_divisor": 4}}
 
@@ -46,13 +46,19 @@ STAGE_SHAPES = {
     "densenet": {"b1": (64, 24, 24), "dense1": (192, 24, 24), "transition1": (96, 12, 12), "dense2": (224, 12, 12),
                  "transition2": (112, 6, 6), "dense3": (240, 6, 6), "transition3": (120, 3, 3),
                  "dense4": (248, 3, 3), "flatten": (248,)},
+    # Not in ARCHITECTURES.md (pycnn's own): from its docstring.
+    "resnet9": {"prep": (16, 28, 28), "layer1": (32, 14, 14), "layer2": (64, 7, 7), "layer3": (128, 3, 3),
+                "pool": (128, 1, 1), "flatten": (128,)},
 }
 DEFAULT_INPUT_SIZES = {"lenet": (1, 28, 28), "lenet_bn": (1, 28, 28), "alexnet": (1, 224, 224),
                        "vgg11": (1, 224, 224), "nin": (1, 224, 224), "googlenet": (1, 96, 96),
-                       "resnet18": (1, 96, 96), "densenet": (1, 96, 96)}
+                       "resnet18": (1, 96, 96), "densenet": (1, 96, 96), "resnet9": (1, 28, 28)}
 # Parameter counts at the defaults (1 input channel, 10 classes), from the layer lists by hand.
 PARAMETERS = {"lenet": 61_706, "lenet_bn": 44_878, "alexnet": 46_764_746, "vgg11": 128_806_154,
-              "nin": 1_992_166, "googlenet": 5_977_530, "resnet18": 11_178_378, "densenet": 758_226}
+              "nin": 1_992_166, "googlenet": 5_977_530, "resnet18": 11_178_378, "densenet": 758_226,
+              # prep 144+32, layer1 4,608+64 + 2x(9,216+64), layer2 18,432+128,
+              # layer3 73,728+256 + 2x(147,456+256), fc 1,290
+              "resnet9": 412_666}
 
 NATIVE_NAME_PARTS = ("convolution", "conv2d", "max_pool", "avg_pool", "batch_norm", "cudnn", "mkldnn")
 

@@ -83,3 +83,76 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert run(*tv, "--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", tmp_path / "d") == 2
     err = capsys.readouterr().err
     assert "resnet18-f37072fd.pth is not in" in err and "copy it to" in err
+
+
+@needs_data
+def test_classes_new_head_and_transfer(tmp_path, capsys):
+    """The transfer experiment's steps: train on classes 0-4 (5 outputs by default),
+    then fine-tune on 5-9 from those weights with the output layer re-initialised."""
+    source, tuned = tmp_path / "source", tmp_path / "tuned"
+    assert run(*TINY, "--classes", "0-4", "--out", source) == 0
+    base = checkpoint(source)
+    assert base["config"]["classes"] == [0, 1, 2, 3, 4] and base["config"]["num_classes"] == 5
+    assert base["model"]["fc3.weight"].shape[0] == 5
+    capsys.readouterr()
+    loud = [a for a in TINY if a != "--quiet"]
+    assert run(*loud, "--classes", "5-9", "--init", source / "checkpoint.pt", "--new-head", "--out", tuned) == 0
+    printed = capsys.readouterr().out
+    assert "re-initialised (shape differs from the file's): fc3.weight, fc3.bias" in printed
+    assert "256 training" in printed
+    # The head started from the fresh initialisation, not the file's: same seed, same init.
+    fresh = tmp_path / "fresh"
+    assert run(*TINY, "--classes", "5-9", "--epochs", 1, "--limit-train", 64, "--lr", 1e-12, "--out", fresh) == 0
+    assert not torch.allclose(checkpoint(fresh)["model"]["fc3.weight"], base["model"]["fc3.weight"])
+
+
+def test_classes_parsing_and_errors(tmp_path, capsys):
+    assert ptrain._classes("0-2,8") == [0, 1, 2, 8]
+    assert ptrain._classes("9") == [9]
+    for bad, message in [("0-10", "not a Fashion-MNIST label"), ("1,1", "names a label twice"),
+                         ("a-b", "not a list of labels")]:
+        with pytest.raises(SystemExit):
+            ptrain.build_parser().parse_args(["--model", "lenet", "--classes", bad])
+        assert message in capsys.readouterr().err
+    assert run(*TINY, "--classes", "0-4", "--num-classes", 3, "--out", tmp_path / "a") == 2
+    assert "--num-classes must be at least 5 (the labels of --classes)" in capsys.readouterr().err
+    assert run(*TINY, "--new-head", "--out", tmp_path / "b") == 2
+    assert "--new-head re-initialises the output layer of --init or --weights" in capsys.readouterr().err
+
+
+def test_dataset_classes_relabel_in_order():
+    if not os.path.isdir(pdata.DEFAULT_DATA_DIR):
+        pytest.skip("Fashion-MNIST is not installed")
+    full = pdata.FashionMNIST("test")
+    part = pdata.FashionMNIST("test", classes=(9, 0))
+    assert part.classes == (pdata.CLASSES[9], pdata.CLASSES[0])
+    keep = (full.labels == 9) | (full.labels == 0)
+    assert torch.equal(part.images, full.images[keep])
+    assert torch.equal(part.labels, torch.where(full.labels[keep] == 9, 0, 1))
+    with pytest.raises(ValueError, match="at least one label"):
+        pdata.FashionMNIST("test", classes=())
+
+
+def test_tta_evaluates_the_mirrored_images_too():
+    """evaluate(tta=True) sums the logits of x and x.flip(-1): checked with a model
+    whose logits are two corner pixels, which the mirror swaps."""
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.clone())
+            return torch.stack([x[:, 0, 0, 0], x[:, 0, 0, 27]], 1)
+
+    labels = torch.tensor([0, 1, 0, 1])
+    images = torch.zeros(4, 1, 28, 28)
+    images[labels == 0, 0, 0, 0] = 1.0  # plainly right: class 0 brighter on the left...
+    images[labels == 1, 0, 0, 27] = 1.0  # ... class 1 on the right
+    spy, ctx, cpu = Spy(), ptrain.Dist(), torch.device("cpu")
+    assert ptrain.evaluate(spy, [(images, labels)], cpu, (28, 28), False, ctx, False) == 1.0
+    assert len(spy.seen) == 1
+    spy.seen.clear()
+    # Mirrored, the two logits swap: the sums tie and argmax takes class 0 for all.
+    assert ptrain.evaluate(spy, [(images, labels)], cpu, (28, 28), False, ctx, False, tta=True) == 0.5
+    assert len(spy.seen) == 2 and torch.equal(spy.seen[1], images.flip(-1))

@@ -7,7 +7,8 @@
     x = torch.randn(8, *model.default_input_size)
 
 Models (ARCHITECTURES.md gives each layer by layer): lenet, lenet_bn (1x28x28),
-alexnet, vgg11, nin (1x224x224), googlenet, resnet18, densenet (1x96x96).
+alexnet, vgg11, nin (1x224x224), googlenet, resnet18, densenet (1x96x96);
+and, beyond the course, resnet9 (1x28x28), the network of pycnn's fastest recipe.
 
 Every model is a :class:`ClassicCNN`, an nn.Sequential of named stages (see
 ``model.stage_shapes()``), built by one builder per architecture that takes a
@@ -23,7 +24,7 @@ parameters and multiply-accumulates (see pycnn.models.summary).
 """
 from typing import Callable, Dict, List, NamedTuple, Tuple
 
-from pycnn.models import alexnet, densenet, googlenet, lenet, nin, resnet, vgg
+from pycnn.models import alexnet, densenet, googlenet, lenet, nin, resnet, resnet9, vgg
 from pycnn.models._common import BACKENDS, ClassicCNN, init_weights, layer_namespace, make_model, check_positive
 from pycnn.models.summary import summary
 
@@ -42,6 +43,8 @@ _REGISTRY: Dict[str, ModelSpec] = {
     "googlenet": ModelSpec(googlenet.build_googlenet, googlenet.DEFAULT_SIZE),
     "resnet18": ModelSpec(resnet.build_resnet18, resnet.DEFAULT_SIZE),
     "densenet": ModelSpec(densenet.build_densenet, densenet.DEFAULT_SIZE),
+    # Not one of the course's models: the fast-training network of pycnn's best recipe.
+    "resnet9": ModelSpec(resnet9.build_resnet9, resnet9.DEFAULT_SIZE),
 }
 
 
@@ -60,7 +63,7 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, backend: str 
         options: architecture options, documented in each builder's docstring:
             alexnet, nin: dropout (0.5); vgg11: width_divisor (1; the reference run uses 4),
             dropout (0.5); densenet: growth_rate (32), convs_per_block ((4, 4, 4, 4)).
-            lenet, lenet_bn, googlenet, resnet18 take none.
+            resnet9: width (16). lenet, lenet_bn, googlenet, resnet18 take none.
 
     Raises ValueError for an unknown name or backend, TypeError for an option the
     architecture does not have.
