@@ -263,7 +263,7 @@ def on_gpu(onnx_files):
         pytest.skip("onnxruntime's CUDA provider cannot create a session here (no GPU, or no CUDA libraries)")
 
 
-def test_cuda_graphs_equal_runs_without_them(onnx_files, on_gpu):
+def test_gpu_cuda_graphs_equal_runs_without_them(onnx_files, on_gpu):
     """Captured graphs of 1, 4 and 8 rows, replayed for every batch size up to
     three chunks, with new rows each time (a replay reading stale addresses
     would answer the previous batch), against the CUDA provider without graphs
@@ -289,7 +289,7 @@ def test_cuda_graphs_equal_runs_without_them(onnx_files, on_gpu):
     np.testing.assert_allclose(second, without.run(b)[0], rtol=1e-3, atol=1e-3)
 
 
-def test_server_with_cuda_graphs(onnx_files, on_gpu, tmp_path):
+def test_gpu_server_with_cuda_graphs(onnx_files, on_gpu, tmp_path):
     """The real server with --cuda-graph-batches: it says so at start-up and
     answers as a plain run does, for batches padded and chunked."""
     from test_serve import INFER, Server, infer_body, logits_of
