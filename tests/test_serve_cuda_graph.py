@@ -159,8 +159,9 @@ def test_under_the_dynamic_batcher_each_caller_gets_its_rows(onnx_files, plain):
         np.testing.assert_allclose(got, plain(x), rtol=1e-5, atol=1e-6)
 
 
-def test_triton_config_names_the_graphs(onnx_files):
+def test_start_up_line_and_triton_config_name_the_graphs(onnx_files):
     model = cpu_graph_model(onnx_files["lenet_bn"])
+    assert serve_app._run_path(model) == " (IOBinding, CUDA graphs for batches 1, 4, 8)"  # its start-up line
     config = model.config(8, 0.0)
     assert config["optimization"] == {"cuda": {"graphs": True, "graph_spec": [
         {"batch_size": 1}, {"batch_size": 4}, {"batch_size": 8}]}}
