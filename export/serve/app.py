@@ -5,7 +5,7 @@ HTTP and gRPC.
     python -m export.serve --model-repository DIR          # Triton's layout (export.onnx --triton-repo)
         [--host 127.0.0.1] [--port 8000] [--grpc-port 8001] [--providers cuda,cpu] [--threads N]
         [--max-batch 32] [--batch-timeout-ms 0] [--max-queue 512] [--request-timeout-ms 0]
-        [--max-body-mb 16]
+        [--max-body-mb 16] [--cuda-graph-batches 1,8,32]
 
 Each file is served under its stem (exports/resnet18.onnx -> resnet18), version
 "1"; a repository's models under their folder names, at the versions their
@@ -74,7 +74,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from export.serve import protocol
 from export.serve.image import image_to_input, input_png
 from export.serve.protocol import ProtocolError
-from export.serve.models import DEFAULT_PROVIDERS, ServeError, provider_options, resolve_providers
+from export.serve.models import DEFAULT_PROVIDERS, ServeError, parse_graph_batches, provider_options, resolve_providers
 from export.serve.repository import ModelRepository, Settings
 from export.serve.statistics import statistics_response
 
@@ -424,6 +424,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _graph_batches(text: str) -> tuple:
+    try:
+        return parse_graph_batches(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export.serve", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -442,6 +449,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--io-binding", choices=["auto", "always", "never"], default="auto",
                         help="run through onnxruntime's IOBinding: auto (on a GPU provider: the batch goes to the "
                              "device once, outputs come back once), always (on the CPU too), never")
+    parser.add_argument("--cuda-graph-batches", metavar="N,N,...", type=_graph_batches, default=(),
+                        help="CUDA provider: capture a CUDA graph per batch size at start-up (like 1,8,32) and run "
+                             "every batch through the smallest that holds it, padded; larger batches in chunks of "
+                             "the largest; --max-batch at most the largest (default: off)")
     parser.add_argument("--trt-cache", metavar="DIR", default=None,
                         help="TensorRT provider: keep built engines (and timings) in DIR across restarts")
     parser.add_argument("--trt-fp16", action="store_true", help="TensorRT provider: allow float16 kernels")
@@ -492,6 +503,13 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _run_path(model) -> str:
+    """How a model's runs go, for its start-up line."""
+    if model.graphs is not None:
+        return f" (IOBinding, CUDA graphs for batches {', '.join(map(str, model.graphs.sizes))})"
+    return " (IOBinding)" if model.binding_device else ""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)-9s %(message)s", level=args.log_level.upper())
@@ -504,7 +522,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 onnxruntime.preload_dlls()  # CUDA and cuDNN from the pip packages torch brings
         settings = Settings(provider_options(providers, args.trt_cache, args.trt_fp16), args.threads,
                             args.max_batch, args.batch_timeout_ms, args.max_queue, args.request_timeout_ms,
-                            args.io_binding)
+                            args.io_binding, args.cuda_graph_batches)
         if args.model_repository:
             repository = ModelRepository.from_directory(args.model_repository, settings)
         else:
@@ -526,7 +544,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for model in models:
         output = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in model.outputs)
         log.info("model %s version %s: %s on %s%s; input %s %s -> %s", model.name, model.version, model.path,
-                 model.session.get_providers()[0], " (IOBinding)" if model.binding_device else "",
+                 model.session.get_providers()[0], _run_path(model),
                  model.input.name, list(model.input.shape), output)
     if args.max_batch > 1:
         log.info("dynamic batching: up to %d rows per run, waiting at most %g ms", args.max_batch,

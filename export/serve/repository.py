@@ -34,7 +34,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -63,8 +63,17 @@ class Settings:
     max_queue: int = 512
     request_timeout_ms: float = 0.0  # 0: a request may wait for its run as long as it takes
     io_binding: str = "auto"  # "auto": on a GPU provider; "always"; "never"
+    cuda_graph_batches: Tuple[int, ...] = ()  # batch sizes run through CUDA graphs (--cuda-graph-batches)
     # (model name) -> the observer of each run's (rows, seconds), for the metrics
     on_batch: Optional[Callable[[str], Callable[[int, float], None]]] = None
+
+    def __post_init__(self):
+        if self.cuda_graph_batches and self.max_batch > max(self.cuda_graph_batches):
+            # Batches of up to --max-batch rows would otherwise run as chunks, every full
+            # batch paying several replays for what one run of its size would do.
+            raise ServeError(f"--max-batch {self.max_batch} is larger than the largest of --cuda-graph-batches "
+                             f"{','.join(map(str, self.cuda_graph_batches))}: capture {self.max_batch} too, or "
+                             f"lower --max-batch to {max(self.cuda_graph_batches)}")
 
 
 @dataclasses.dataclass
@@ -91,7 +100,8 @@ class ModelRepository:
         """Each ONNX file is a model named by its file's stem, version "1"."""
         repository = cls(settings)
         for path in paths:
-            model = load_model(path, settings.providers, settings.threads, io_binding=settings.io_binding)
+            model = load_model(path, settings.providers, settings.threads, io_binding=settings.io_binding,
+                               cuda_graph_batches=settings.cuda_graph_batches)
             if model.name in repository._entries:
                 other = repository._entries[model.name].versions[model.version].path
                 raise ServeError(f"{path} and {other} would both be served as '{model.name}'; rename one")
@@ -126,7 +136,8 @@ class ModelRepository:
             path = os.path.join(folder, str(version), filename)
             models[str(version)] = load_model(path, self.settings.providers, self.settings.threads, name=name,
                                               version=str(version), labels=labels,
-                                              io_binding=self.settings.io_binding)
+                                              io_binding=self.settings.io_binding,
+                                              cuda_graph_batches=self.settings.cuda_graph_batches)
         return models
 
     # --- lifecycle --------------------------------------------------------------
