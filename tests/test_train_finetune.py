@@ -156,3 +156,26 @@ def test_tta_evaluates_the_mirrored_images_too():
     # Mirrored, the two logits swap: the sums tie and argmax takes class 0 for all.
     assert ptrain.evaluate(spy, [(images, labels)], cpu, (28, 28), False, ctx, False, tta=True) == 0.5
     assert len(spy.seen) == 2 and torch.equal(spy.seen[1], images.flip(-1))
+
+
+@needs_data
+def test_transfer_experiment_tool(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "transfer_experiment", os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools",
+                                            "transfer_experiment.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--sizes", "64,128", "--pretrain-epochs", "1", "--pretrain-limit", "256", "--epochs", "1",
+                      "--limit-test", "128", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| 64 |") or line.startswith("| 128 |")]
+    assert len(rows) == 2
+    for row in rows:
+        tuned, scratch = (float(cell) for cell in row.strip("|").split("|")[1:3])
+        assert 0.0 <= tuned <= 1.0 and 0.0 <= scratch <= 1.0
+    tuned = checkpoint(tmp_path / "finetune-64")
+    assert tuned["config"]["new_head"] and tuned["config"]["classes"] == [5, 6, 7, 8, 9]
+    assert tuned["config"]["init"] == os.path.join(str(tmp_path), "pretrain-0-4", "checkpoint.pt")
+    assert checkpoint(tmp_path / "scratch-64")["config"]["init"] is None
