@@ -14,6 +14,7 @@ load_library()
 from pycnn import _autograd, _ops, _vmap  # noqa: E402,F401  (registrations)
 from pycnn import functional, nn  # noqa: E402
 from pycnn.convert import ConversionError, convert  # noqa: E402  (pycnn.convert: the function)
+from pycnn.fusion import FuseReport, fuse  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["functional", "nn", "convert", "ConversionError", "cuda_kernels_built", "__version__"]
+__all__ = ["functional", "nn", "convert", "ConversionError", "fuse", "FuseReport", "cuda_kernels_built", "__version__"]

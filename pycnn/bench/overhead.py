@@ -15,15 +15,25 @@ import torch.nn.functional as F
 import pycnn.functional as P
 
 
+TINY_INPUT = (2, 4, 6, 6)
+
+
 def _cases():
+    """{operator: (family, library -> the call on x)}: every operator of every family, on TINY_INPUT."""
     w = torch.randn(4, 4, 3, 3, requires_grad=True)
+    wg = torch.randn(4, 1, 3, 3, requires_grad=True)
     bn_weight, bn_bias = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    mean, var = torch.zeros(4), torch.ones(4)
     return {
-        "conv2d 3x3": (lambda m: lambda x: m.conv2d(x, w, padding=1)),
-        "max_pool2d 2x2": (lambda m: lambda x: m.max_pool2d(x, 2)),
-        "avg_pool2d 2x2": (lambda m: lambda x: m.avg_pool2d(x, 2)),
-        "adaptive_avg_pool2d 1x1": (lambda m: lambda x: m.adaptive_avg_pool2d(x, 1)),
-        "batch_norm training": (lambda m: lambda x: m.batch_norm(x, None, None, bn_weight, bn_bias, training=True)),
+        "conv2d 3x3": ("corr2d", lambda m: lambda x: m.conv2d(x, w, padding=1)),
+        "conv2d 3x3 depthwise": ("corr2d", lambda m: lambda x: m.conv2d(x, wg, padding=1, groups=4)),
+        "max_pool2d 2x2": ("pooling", lambda m: lambda x: m.max_pool2d(x, 2)),
+        "avg_pool2d 2x2": ("pooling", lambda m: lambda x: m.avg_pool2d(x, 2)),
+        "adaptive_avg_pool2d 1x1": ("pooling", lambda m: lambda x: m.adaptive_avg_pool2d(x, 1)),
+        "batch_norm training": ("batch_norm",
+                                lambda m: lambda x: m.batch_norm(x, None, None, bn_weight, bn_bias, training=True)),
+        "batch_norm eval": ("batch_norm",
+                            lambda m: lambda x: m.batch_norm(x, mean, var, bn_weight, bn_bias, training=False)),
     }
 
 
@@ -53,18 +63,26 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
 
 
+def print_table(calls, warmup=200, families=None):
+    """The table: one row per operator (of `families`, default all), forward+backward and no_grad forward."""
+    torch.manual_seed(0)
+    x0 = torch.randn(*TINY_INPUT)
+    print("| family | operator | pycnn fwd+bwd µs | native fwd+bwd µs | extra µs | pycnn no_grad fwd µs | "
+          "native no_grad fwd µs | extra µs |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, (family, make) in _cases().items():
+        if families and family not in families:
+            continue
+        ours_step, ours_forward = measure(make(P), x0, calls, warmup=warmup)
+        native_step, native_forward = measure(make(F), x0, calls, warmup=warmup)
+        print(f"| {family} | {name} | {ours_step:.1f} | {native_step:.1f} | {ours_step - native_step:+.1f} | "
+              f"{ours_forward:.1f} | {native_forward:.1f} | {ours_forward - native_forward:+.1f} |", flush=True)
+
+
 def run(args):
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x0 = torch.randn(2, 4, 6, 6)
-    print(f"# pycnn.bench overhead: torch {torch.__version__}, {args.threads} thread(s), input (2, 4, 6, 6), "
+    print(f"# pycnn.bench overhead: torch {torch.__version__}, {args.threads} thread(s), input {TINY_INPUT}, "
           f"10th percentile of {args.calls} calls")
     print()
-    print("| operator | pycnn fwd+bwd µs | native fwd+bwd µs | extra µs | pycnn no_grad fwd µs | native no_grad fwd µs |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, make in _cases().items():
-        ours_step, ours_forward = measure(make(P), x0, args.calls, warmup=200)
-        native_step, native_forward = measure(make(F), x0, args.calls, warmup=200)
-        print(f"| {name} | {ours_step:.1f} | {native_step:.1f} | {ours_step - native_step:+.1f} | "
-              f"{ours_forward:.1f} | {native_forward:.1f} |", flush=True)
+    print_table(args.calls)
     return 0
