@@ -1,4 +1,5 @@
-// corr2d on the CPU: im2col, then one BLAS GEMM per group.
+// corr2d on the CPU: im2col, then one GEMM per group (gemm.h: pycnn's own
+// AVX-512 kernel where the CPU has it, else ATen's BLAS).
 //
 // The input patches that the kernel sees are unfolded into a column matrix
 // cols[C * kh * kw, samples * OH * OW] (im2col), the patches of a chunk of
@@ -18,7 +19,10 @@
 #include <torch/library.h>
 
 #include <array>
+#include <limits>
+#include <vector>
 
+#include "gemm.h"
 #include "pycnn/checks.h"
 #include "pycnn/geometry.h"
 
@@ -106,6 +110,77 @@ void col2im(const scalar_t* cols, int64_t row_stride, const Corr2dGeometry& g, s
   });
 }
 
+// Narrow maps (a 7x7 or 3x3 output, ResNet's and GoogLeNet's last stages):
+// each row of im2col and col2im above is a few elements long, and the work
+// of setting it up (the kernel offset, the valid range, the copy calls)
+// outweighs the copy. There, one table of source offsets within a sample,
+// offsets[row * L + l] (-1 for padding), computed once per call, turns each
+// sample's im2col into one gather and its col2im into one scatter-add.
+constexpr int64_t kMaxTableWidth = 8;
+
+inline bool use_offset_table(const Corr2dGeometry& g) {
+  const int64_t sample_elements = g.channels * g.in_h * g.in_w;  // the offsets are int32
+  return g.out_w <= kMaxTableWidth && !g.columns_are_input() &&
+         sample_elements <= std::numeric_limits<int32_t>::max();
+}
+
+std::vector<int32_t> im2col_offsets(const Corr2dGeometry& g) {
+  const int64_t L = g.column_cols();
+  std::vector<int32_t> offsets(g.column_rows() * L);
+  for (int64_t row = 0; row < g.column_rows(); ++row) {
+    const int64_t j = row % g.kernel_w;
+    const int64_t i = (row / g.kernel_w) % g.kernel_h;
+    const int64_t c = row / (g.kernel_w * g.kernel_h);
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t iw = ow * g.stride_w - g.pad_w + j * g.dilation_w;
+        const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+        offsets[row * L + oh * g.out_w + ow] = inside ? static_cast<int32_t>((c * g.in_h + ih) * g.in_w + iw) : -1;
+      }
+    }
+  }
+  return offsets;
+}
+
+// im2col of one sample through the table.
+template <typename scalar_t>
+void im2col_table(
+    const scalar_t* x, const Corr2dGeometry& g, const int32_t* offsets, scalar_t* cols, int64_t row_stride) {
+  const int64_t L = g.column_cols();
+  at::parallel_for(0, g.column_rows(), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int32_t* from = offsets + row * L;
+      scalar_t* dst = cols + row * row_stride;
+      for (int64_t l = 0; l < L; ++l) {
+        dst[l] = from[l] >= 0 ? x[from[l]] : scalar_t(0);
+      }
+    }
+  });
+}
+
+// col2im of one sample through the table. A channel's rows only touch that
+// channel's plane, so channels run in parallel without races.
+template <typename scalar_t>
+void col2im_table(
+    const scalar_t* cols, int64_t row_stride, const Corr2dGeometry& g, const int32_t* offsets, scalar_t* dx) {
+  const int64_t L = g.column_cols();
+  const int64_t rows_per_channel = g.kernel_h * g.kernel_w;
+  const int64_t plane = g.in_h * g.in_w;
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::fill(dx + begin * plane, dx + end * plane, scalar_t(0));
+    for (int64_t row = begin * rows_per_channel; row < end * rows_per_channel; ++row) {
+      const int32_t* to = offsets + row * L;
+      const scalar_t* src = cols + row * row_stride;
+      for (int64_t l = 0; l < L; ++l) {
+        if (to[l] >= 0) {
+          dx[to[l]] += src[l];
+        }
+      }
+    }
+  });
+}
+
 // A chunk of consecutive samples [first, first + size) and the scratch
 // buffers of the thread that processes it.
 struct Chunk {
@@ -135,10 +210,22 @@ class Scratch {
   std::vector<Tensor> buffers_;
 };
 
-// Samples per chunk: enough for GEMMs kMinGemmColumns wide, at most the batch.
+// Samples per chunk: enough for GEMMs kMinGemmColumns wide, at most the batch;
+// and, when the chunks are spread over the threads (for_each_chunk), a chunk
+// count that is a multiple of the threads, so that no thread is left with a
+// second chunk while the others idle (a 3x3 map wants 114 samples a chunk: a
+// batch of 256 in chunks of 114, 114 and 28 kept one thread busy for 2/2.3 of
+// the time; four chunks of 64 split it evenly).
 int64_t samples_per_chunk(const Corr2dGeometry& g, int64_t batch) {
   const int64_t wanted = (kMinGemmColumns + g.column_cols() - 1) / g.column_cols();
-  return std::max<int64_t>(1, std::min(wanted, batch));
+  const int64_t size = std::max<int64_t>(1, std::min(wanted, batch));
+  const int64_t threads = at::get_num_threads();
+  int64_t chunks = (batch + size - 1) / size;
+  if (threads <= 1 || chunks < threads) {
+    return size;
+  }
+  chunks = (chunks + threads - 1) / threads * threads;
+  return (batch + chunks - 1) / chunks;
 }
 
 // Runs body(chunk) for every chunk of the batch. With at least as many chunks
@@ -170,7 +257,10 @@ void for_each_chunk(int64_t batch, int64_t chunk_size, const Body& body) {
 
 // The column matrix [C*kh*kw, chunk.size * L] of a chunk: the input itself for
 // one sample with a plain 1x1 kernel, otherwise im2col into scratch.
-Tensor chunk_columns(const Tensor& input, const Corr2dGeometry& g, const Chunk& chunk, Scratch& scratch) {
+// `offsets`: im2col_offsets(g) where use_offset_table(g), else empty.
+Tensor chunk_columns(
+    const Tensor& input, const Corr2dGeometry& g, const std::vector<int32_t>& offsets, const Chunk& chunk,
+    Scratch& scratch) {
   const int64_t L = g.column_cols();
   if (chunk.size == 1 && g.columns_are_input()) {
     return input[chunk.first].view({g.column_rows(), L});
@@ -179,9 +269,13 @@ Tensor chunk_columns(const Tensor& input, const Corr2dGeometry& g, const Chunk& 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_im2col", [&] {
     const int64_t sample_elements = g.channels * g.in_h * g.in_w;
     for (int64_t s = 0; s < chunk.size; ++s) {
-      im2col<scalar_t>(
-          input.const_data_ptr<scalar_t>() + (chunk.first + s) * sample_elements, g,
-          cols.mutable_data_ptr<scalar_t>() + s * L, chunk.size * L);
+      const scalar_t* x = input.const_data_ptr<scalar_t>() + (chunk.first + s) * sample_elements;
+      scalar_t* dst = cols.mutable_data_ptr<scalar_t>() + s * L;
+      if (offsets.empty()) {
+        im2col<scalar_t>(x, g, dst, chunk.size * L);
+      } else {
+        im2col_table<scalar_t>(x, g, offsets.data(), dst, chunk.size * L);
+      }
     }
   });
   return cols;
@@ -230,11 +324,12 @@ Tensor corr2d_cpu(
   const Tensor bias_groups = has_bias ? bias_arg->contiguous().view({groups, out_channels_per_group, 1}) : Tensor();
 
   const int64_t chunk_size = samples_per_chunk(g, input.size(0));
+  const std::vector<int32_t> offsets = use_offset_table(g) ? im2col_offsets(g) : std::vector<int32_t>();
   Scratch columns_scratch(g.column_rows() * chunk_size * L, input.options());
   Scratch result_scratch(out_channels * chunk_size * L, input.options());
   for_each_chunk(input.size(0), chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
-    const Tensor cols = chunk_columns(input, g, chunk, columns_scratch).view({groups, rows_per_group, width});
+    const Tensor cols = chunk_columns(input, g, offsets, chunk, columns_scratch).view({groups, rows_per_group, width});
     // One sample: straight into the output. Several: into scratch, then transposed.
     Tensor result = chunk.size == 1 ? output[chunk.first].view({out_channels, L})
                                     : result_scratch.matrix(chunk.slot, out_channels, width);
@@ -242,10 +337,9 @@ Tensor corr2d_cpu(
     for (int64_t k = 0; k < groups; ++k) {
       Tensor out_k = result_groups[k];
       if (has_bias) {
-        at::addmm_out(out_k, bias_groups[k], weight_groups[k], cols[k]);
-      } else {
-        at::mm_out(out_k, weight_groups[k], cols[k]);
+        out_k.copy_(bias_groups[k].expand_as(out_k));
       }
+      cpu::gemm(out_k, weight_groups[k], cols[k], /*accumulate=*/has_bias);
     }
     if (chunk.size > 1) {
       output.narrow(0, chunk.first, chunk.size)
@@ -285,6 +379,7 @@ Tensor corr2d_backward_input_cpu(
   const Tensor weight_t = weight.view({groups, out_channels_per_group, rows_per_group}).transpose(1, 2);
 
   const int64_t chunk_size = samples_per_chunk(g, input_size[0]);
+  const std::vector<int32_t> offsets = use_offset_table(g) ? im2col_offsets(g) : std::vector<int32_t>();
   Scratch columns_scratch(g.column_rows() * chunk_size * L, grad_output.options());
   Scratch grad_output_scratch(out_channels * chunk_size * L, grad_output.options());
   for_each_chunk(input_size[0], chunk_size, [&](const Chunk& chunk) {
@@ -296,7 +391,7 @@ Tensor corr2d_backward_input_cpu(
       Tensor grad_in = grad_input[chunk.first].view({groups, rows_per_group, L});
       for (int64_t k = 0; k < groups; ++k) {
         Tensor dst = grad_in[k];
-        at::mm_out(dst, weight_t[k], grad_out[k]);
+        cpu::gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
       }
       return;
     }
@@ -304,14 +399,18 @@ Tensor corr2d_backward_input_cpu(
     Tensor cols_groups = cols.view({groups, rows_per_group, width});
     for (int64_t k = 0; k < groups; ++k) {
       Tensor dst = cols_groups[k];
-      at::mm_out(dst, weight_t[k], grad_out[k]);
+      cpu::gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
     }
     AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "pycnn_col2im", [&] {
       const int64_t sample_elements = g.channels * g.in_h * g.in_w;
       for (int64_t s = 0; s < chunk.size; ++s) {
-        col2im<scalar_t>(
-            cols.const_data_ptr<scalar_t>() + s * L, width, g,
-            grad_input.mutable_data_ptr<scalar_t>() + (chunk.first + s) * sample_elements);
+        const scalar_t* src = cols.const_data_ptr<scalar_t>() + s * L;
+        scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>() + (chunk.first + s) * sample_elements;
+        if (offsets.empty()) {
+          col2im<scalar_t>(src, width, g, dx);
+        } else {
+          col2im_table<scalar_t>(src, width, g, offsets.data(), dx);
+        }
       }
     });
   });
@@ -353,17 +452,18 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   // slots are summed at the end, so no two threads write one element.
   Tensor partial = at::zeros({at::get_num_threads(), groups, out_channels_per_group, rows_per_group}, input.options());
   const int64_t chunk_size = samples_per_chunk(g, batch);
+  const std::vector<int32_t> offsets = use_offset_table(g) ? im2col_offsets(g) : std::vector<int32_t>();
   Scratch columns_scratch(g.column_rows() * chunk_size * L, input.options());
   Scratch grad_output_scratch(out_channels * chunk_size * L, input.options());
   for_each_chunk(batch, chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
-    const Tensor cols = chunk_columns(input, g, chunk, columns_scratch).view({groups, rows_per_group, width});
+    const Tensor cols = chunk_columns(input, g, offsets, chunk, columns_scratch).view({groups, rows_per_group, width});
     const Tensor grad_out =
         chunk_grad_output(grad_output, chunk, grad_output_scratch).view({groups, out_channels_per_group, width});
     Tensor acc = partial[chunk.slot];
     for (int64_t k = 0; k < groups; ++k) {
       Tensor acc_k = acc[k];
-      acc_k.addmm_(grad_out[k], cols[k].t());
+      cpu::gemm(acc_k, grad_out[k], cols[k].t(), /*accumulate=*/true);
     }
   });
   Tensor grad_weight = partial.sum(0).view(weight_size);
