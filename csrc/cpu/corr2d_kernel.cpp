@@ -120,8 +120,7 @@ constexpr int64_t kMaxTableWidth = 8;
 
 inline bool use_offset_table(const Corr2dGeometry& g) {
   const int64_t sample_elements = g.channels * g.in_h * g.in_w;  // the offsets are int32
-  return g.out_w <= kMaxTableWidth && !g.columns_are_input() &&
-         sample_elements <= std::numeric_limits<int32_t>::max();
+  return g.out_w <= kMaxTableWidth && !g.columns_are_input() && sample_elements <= std::numeric_limits<int32_t>::max();
 }
 
 std::vector<int32_t> im2col_offsets(const Corr2dGeometry& g) {

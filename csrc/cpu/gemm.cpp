@@ -203,7 +203,7 @@ bool has_fast_gemm() {
 
 void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
   const bool ours = has_fast_gemm() && out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
-                    b.scalar_type() == at::kFloat && out.stride(1) == 1;
+      b.scalar_type() == at::kFloat && out.stride(1) == 1;
   if (!ours) {
     if (accumulate) {
       out.addmm_(a, b);
