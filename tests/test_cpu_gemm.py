@@ -22,7 +22,8 @@ CASES = [
     (1, 1, 5, 1, 3, 1, 1, 1, 1),  # every dimension smaller than a tile
     (2, 29, 9, 13, 3, 1, 1, 1, 1),  # K = 261: two blocks of depth; 13 rows: a tile and one row
     (1, 3, 64, 97, 3, 1, 1, 1, 1),  # one sample of 4,096 columns: two NC blocks; 97 rows: past MC
-    (3, 16, 33, 33, 3, 2, 1, 1, 1),  # odd sizes, stride 2
+    (3, 16, 33, 33, 3, 2, 1, 1, 1),  # odd sizes, stride 2; a 17x17 output: one GEMM per sample of a chunk
+    (4, 8, 14, 20, 3, 1, 1, 1, 2),  # 14x14, grouped: one GEMM per sample and group
     (64, 128, 3, 128, 3, 1, 1, 1, 1),  # ResNet-9's last stage: the table path, chunks over threads
     (4, 12, 7, 12, 3, 1, 2, 2, 3),  # 7x7, dilated, grouped: the table path
     (5, 8, 8, 6, 1, 1, 0, 1, 2),  # 1x1 without im2col, grouped

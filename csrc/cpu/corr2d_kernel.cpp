@@ -294,6 +294,17 @@ Tensor chunk_grad_output(const Tensor& grad_output, const Chunk& chunk, Scratch&
   return channel_major;
 }
 
+// Whether a chunk of several samples runs one GEMM per sample, reading its
+// columns of the chunk's matrix and writing its own (O, L) block of the output
+// (or reading its own block of grad_output), instead of one GEMM for the chunk
+// and a transposing copy. Only pycnn's GEMM takes the strided column view
+// without a copy, and a sample's L columns must fill its 32-column tiles well.
+constexpr int64_t kMinColumnsPerSample = 128;
+
+inline bool gemm_per_sample(const Tensor& t, const Chunk& chunk, int64_t L) {
+  return chunk.size > 1 && L >= kMinColumnsPerSample && t.scalar_type() == at::kFloat && cpu::has_fast_gemm();
+}
+
 // --- entry points -----------------------------------------------------------
 
 Tensor corr2d_cpu(
@@ -329,6 +340,19 @@ Tensor corr2d_cpu(
   for_each_chunk(input.size(0), chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
     const Tensor cols = chunk_columns(input, g, offsets, chunk, columns_scratch).view({groups, rows_per_group, width});
+    if (gemm_per_sample(input, chunk, L)) {
+      for (int64_t s = 0; s < chunk.size; ++s) {
+        Tensor out_groups = output[chunk.first + s].view({groups, out_channels_per_group, L});
+        for (int64_t k = 0; k < groups; ++k) {
+          Tensor out_k = out_groups[k];
+          if (has_bias) {
+            out_k.copy_(bias_groups[k].expand_as(out_k));
+          }
+          cpu::gemm(out_k, weight_groups[k], cols[k].narrow(1, s * L, L), /*accumulate=*/has_bias);
+        }
+      }
+      return;
+    }
     // One sample: straight into the output. Several: into scratch, then transposed.
     Tensor result = chunk.size == 1 ? output[chunk.first].view({out_channels, L})
                                     : result_scratch.matrix(chunk.slot, out_channels, width);
@@ -383,8 +407,10 @@ Tensor corr2d_backward_input_cpu(
   Scratch grad_output_scratch(out_channels * chunk_size * L, grad_output.options());
   for_each_chunk(input_size[0], chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
-    const Tensor grad_out =
-        chunk_grad_output(grad_output, chunk, grad_output_scratch).view({groups, out_channels_per_group, width});
+    const bool per_sample = gemm_per_sample(grad_output, chunk, L);
+    const Tensor grad_out = per_sample
+        ? Tensor()
+        : chunk_grad_output(grad_output, chunk, grad_output_scratch).view({groups, out_channels_per_group, width});
     if (chunk.size == 1 && g.columns_are_input()) {
       // The columns are the input: the GEMM gives the input's gradient directly.
       Tensor grad_in = grad_input[chunk.first].view({groups, rows_per_group, L});
@@ -396,9 +422,19 @@ Tensor corr2d_backward_input_cpu(
     }
     Tensor cols = columns_scratch.matrix(chunk.slot, g.column_rows(), width);
     Tensor cols_groups = cols.view({groups, rows_per_group, width});
-    for (int64_t k = 0; k < groups; ++k) {
-      Tensor dst = cols_groups[k];
-      cpu::gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
+    if (per_sample) {
+      for (int64_t s = 0; s < chunk.size; ++s) {
+        const Tensor grad_out_s = grad_output[chunk.first + s].view({groups, out_channels_per_group, L});
+        for (int64_t k = 0; k < groups; ++k) {
+          Tensor dst = cols_groups[k].narrow(1, s * L, L);
+          cpu::gemm(dst, weight_t[k], grad_out_s[k], /*accumulate=*/false);
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < groups; ++k) {
+        Tensor dst = cols_groups[k];
+        cpu::gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
+      }
     }
     AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "pycnn_col2im", [&] {
       const int64_t sample_elements = g.channels * g.in_h * g.in_w;

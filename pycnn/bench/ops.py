@@ -2,10 +2,10 @@
 
 Tables (``--tables``, default all three):
 
-* ``shapes``: every distinct layer geometry of the eight classic models, read
-  off the models themselves (each model's default input run through it once,
-  with forward hooks on its pycnn.nn layers; VGG-11 at width_divisor 4, the
-  reference run), plus grouped, depthwise and dilated convolutions and eval-mode
+* ``shapes``: every distinct layer geometry of pycnn.models (the eight classic
+  models and resnet9), read off the models themselves (each model's default
+  input run through it once, with forward hooks on its pycnn.nn layers; VGG-11
+  at width_divisor 4, the reference run), plus grouped, depthwise and dilated convolutions and eval-mode
   batch-norm, at each batch of ``--batches`` (default 1, 8 and 64 on the CPU).
   Per family and batch: the geometric-mean ratio and the largest single ratio,
   against the targets.
