@@ -52,6 +52,16 @@ constexpr int64_t kMinParallelWork = 1 << 18;
 void pack_a(const float* a, int64_t rs, int64_t cs, int64_t rows, int64_t depth, float* packed) {
   for (int64_t strip = 0; strip < rows; strip += kMR) {
     const int64_t height = std::min(kMR, rows - strip);
+    if (cs == 1) {  // rows of a contiguous: read each row in order (the block of packed is in L2)
+      for (int64_t i = 0; i < kMR; ++i) {
+        const float* src = i < height ? a + (strip + i) * rs : nullptr;
+        for (int64_t p = 0; p < depth; ++p) {
+          packed[p * kMR + i] = src != nullptr ? src[p] : 0.0f;
+        }
+      }
+      packed += depth * kMR;
+      continue;
+    }
     for (int64_t p = 0; p < depth; ++p) {
       const float* src = a + strip * rs + p * cs;
       int64_t i = 0;
@@ -71,6 +81,19 @@ void pack_a(const float* a, int64_t rs, int64_t cs, int64_t rows, int64_t depth,
 void pack_b(const float* b, int64_t rs, int64_t cs, int64_t depth, int64_t cols, float* packed) {
   for (int64_t strip = 0; strip < cols; strip += kNR) {
     const int64_t width = std::min(kNR, cols - strip);
+    if (rs == 1 && cs != 1) {
+      // b is a transposed matrix (cols.t() in the weight gradient): read each
+      // of its columns in order, rather than 32 of them at once element by
+      // element; the strip of packed (KC x 32) stays in L1.
+      for (int64_t j = 0; j < kNR; ++j) {
+        const float* src = j < width ? b + (strip + j) * cs : nullptr;
+        for (int64_t p = 0; p < depth; ++p) {
+          packed[p * kNR + j] = src != nullptr ? src[p] : 0.0f;
+        }
+      }
+      packed += depth * kNR;
+      continue;
+    }
     for (int64_t p = 0; p < depth; ++p) {
       const float* src = b + p * rs + strip * cs;
       if (cs == 1 && width == kNR) {
