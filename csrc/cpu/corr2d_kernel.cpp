@@ -301,8 +301,11 @@ Tensor chunk_grad_output(const Tensor& grad_output, const Chunk& chunk, Scratch&
 // without a copy, and a sample's L columns must fill its 32-column tiles well.
 constexpr int64_t kMinColumnsPerSample = 128;
 
-inline bool gemm_per_sample(const Tensor& t, const Chunk& chunk, int64_t L) {
-  return chunk.size > 1 && L >= kMinColumnsPerSample && t.scalar_type() == at::kFloat && cpu::has_fast_gemm();
+// (Not for the small per-group products of a depthwise convolution, which go
+// to ATen: one call per sample and group would multiply its per-call cost.)
+inline bool gemm_per_sample(const Tensor& t, const Chunk& chunk, int64_t L, int64_t groups) {
+  return chunk.size > 1 && L >= kMinColumnsPerSample && groups == 1 && t.scalar_type() == at::kFloat &&
+      cpu::has_fast_gemm();
 }
 
 // --- entry points -----------------------------------------------------------
@@ -340,7 +343,7 @@ Tensor corr2d_cpu(
   for_each_chunk(input.size(0), chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
     const Tensor cols = chunk_columns(input, g, offsets, chunk, columns_scratch).view({groups, rows_per_group, width});
-    if (gemm_per_sample(input, chunk, L)) {
+    if (gemm_per_sample(input, chunk, L, groups)) {
       for (int64_t s = 0; s < chunk.size; ++s) {
         Tensor out_groups = output[chunk.first + s].view({groups, out_channels_per_group, L});
         for (int64_t k = 0; k < groups; ++k) {
@@ -407,7 +410,7 @@ Tensor corr2d_backward_input_cpu(
   Scratch grad_output_scratch(out_channels * chunk_size * L, grad_output.options());
   for_each_chunk(input_size[0], chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
-    const bool per_sample = gemm_per_sample(grad_output, chunk, L);
+    const bool per_sample = gemm_per_sample(grad_output, chunk, L, groups);
     const Tensor grad_out = per_sample
         ? Tensor()
         : chunk_grad_output(grad_output, chunk, grad_output_scratch).view({groups, out_channels_per_group, width});

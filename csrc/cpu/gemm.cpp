@@ -42,6 +42,10 @@ constexpr int64_t kKC = 256;  // depth of a packed block
 constexpr int64_t kMC = 96;   // rows of a packed block of a (8 strips)
 constexpr int64_t kNC = 2048; // columns of a packed block of b (64 strips)
 
+// Smaller products go to ATen (gemm()).
+constexpr int64_t kMinRows = 4;
+constexpr int64_t kMinDepth = 16;
+
 // Below this many multiply-adds, splitting a product over threads costs more than it saves.
 constexpr int64_t kMinParallelWork = 1 << 18;
 
@@ -225,8 +229,12 @@ bool has_fast_gemm() {
 }
 
 void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  const bool ours = has_fast_gemm() && out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
-      b.scalar_type() == at::kFloat && out.stride(1) == 1;
+  // A product with few rows of a or a short depth (a depthwise or per-group
+  // convolution: 1 x 9 weights) is mostly packing here; BLAS's matrix-vector
+  // paths are faster for it.
+  const bool worth_packing = a.size(0) >= kMinRows && a.size(1) >= kMinDepth;
+  const bool ours = worth_packing && has_fast_gemm() && out.scalar_type() == at::kFloat &&
+      a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && out.stride(1) == 1;
   if (!ours) {
     if (accumulate) {
       out.addmm_(a, b);

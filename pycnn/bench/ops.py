@@ -473,7 +473,7 @@ def run(args):
         if peak:
             print(f"# device-to-device copy bandwidth (read + write): {peak:.0f} GB/s")
         print()
-        print(f"## Layers: {len(cases)} shapes (the distinct layer shapes of the eight models; grouped, depthwise "
+        print(f"## Layers: {len(cases)} shapes (the distinct layer shapes of pycnn.models; grouped, depthwise "
               "and dilated convolutions; eval-mode batch-norm)")
         print()
         _shapes_table(args, cases, batches, device, dtype, repeats, budget, memory_format, peak, max_gmacs)
