@@ -133,3 +133,11 @@ def test_ops_bad_options_say_what_is_wrong():
     assert code != 0 and "comma-separated positive integers" in err
     code, _, err = bench("ops", "--tables", "shapes,nope")
     assert code != 0 and "unknown table(s) nope" in err
+
+
+def test_models_bench_has_a_default_batch_for_every_model():
+    import pycnn.models
+    from pycnn.bench.models import DEFAULT_BATCH
+
+    for device, batches in DEFAULT_BATCH.items():
+        assert set(batches) == set(pycnn.models.list_models()), device

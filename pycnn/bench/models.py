@@ -1,4 +1,4 @@
-"""Training-step and inference time of each classic model on pycnn's operators
+"""Training-step and inference time of each model of pycnn.models on pycnn's operators
 against its native twin (the same architecture on torch.nn layers, with the
 same weights).
 
@@ -8,10 +8,11 @@ in the same process on the same batch; each repetition times pycnn and native
 back to back (alternating which goes first) and the table reports medians.
 Ratio = pycnn / native: below 1 pycnn is faster.
 
-Default batch sizes: on the CPU small enough that all eight models take a few
-minutes (lenet, lenet_bn 64; alexnet, vgg11, nin 8; googlenet, resnet18,
-densenet 16); on CUDA the reference training runs' (ARCHITECTURES.md: 256 for
-lenet, lenet_bn, resnet18, densenet; 128 for the others). --batch overrides
+Default batch sizes: on the CPU small enough that all nine models take a few
+minutes (lenet, lenet_bn, resnet9 64; alexnet, vgg11, nin 8; googlenet,
+resnet18, densenet 16); on CUDA the reference training runs' (ARCHITECTURES.md:
+256 for lenet, lenet_bn, resnet18, densenet, and resnet9's recipe; 128 for the
+others). --batch overrides
 them all. VGG-11 runs at a quarter width (width_divisor=4), as the reference
 training run does. --resize N feeds every model N x N inputs instead of its
 default input size (to time a recipe that trains at another resolution).
@@ -28,9 +29,9 @@ from pycnn.bench.ops import _synchronize, describe_machine
 
 DEFAULT_BATCH = {
     "cpu": {"lenet": 64, "lenet_bn": 64, "alexnet": 8, "vgg11": 8, "nin": 8, "googlenet": 16, "resnet18": 16,
-            "densenet": 16},
+            "densenet": 16, "resnet9": 64},
     "cuda": {"lenet": 256, "lenet_bn": 256, "alexnet": 128, "vgg11": 128, "nin": 128, "googlenet": 128,
-             "resnet18": 256, "densenet": 256},
+             "resnet18": 256, "densenet": 256, "resnet9": 256},
 }
 OPTIONS = {"vgg11": {"width_divisor": 4}}
 # Target from the models issue: pycnn's training step at most this many times native's.
@@ -109,7 +110,7 @@ def add_arguments(parser):
                         help="batch size for every model (default: per model, see the module docstring)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: 10 CPU, 30 CUDA)")
     parser.add_argument("--models", default=",".join(pycnn.models.list_models()),
-                        help="comma-separated model names (default: all eight)")
+                        help="comma-separated model names (default: all of pycnn.models)")
     parser.add_argument("--resize", type=int, default=None,
                         help="input height = width for every model (default: each model's input size)")
 
