@@ -16,7 +16,8 @@ import pycnn.nn as pnn
 MODELS = pycnn.models.list_models()
 # A small input each architecture takes (alexnet and vgg11 need 224x224 for their first Linear; vgg11 narrower).
 SMALL = {"lenet": (28, {}), "lenet_bn": (28, {}), "alexnet": (224, {}), "vgg11": (224, {"width_divisor": 16}),
-         "nin": (67, {}), "googlenet": (32, {}), "resnet18": (32, {}), "densenet": (32, {})}
+         "nin": (67, {}), "googlenet": (32, {}), "resnet18": (32, {}), "densenet": (32, {}),
+         "resnet9": (28, {})}
 TOLERANCE = 1e-5  # largest difference relative to the output's scale (float32)
 
 
