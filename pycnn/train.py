@@ -181,10 +181,12 @@ def _classes(text: str) -> List[int]:
         for part in text.split(","):
             first, _, last = part.strip().partition("-")
             labels.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of labels and ranges such as 0-4 or 5,7,9") from None
+    try:
         return list(pdata.check_classes(labels))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r}: {error}" if "classes" in str(error) else
-                                         f"{text!r} is not a list of labels and ranges such as 0-4 or 5,7,9") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
 
 
 def _model_name(text: str) -> str:

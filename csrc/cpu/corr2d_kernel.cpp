@@ -118,12 +118,12 @@ void col2im(const scalar_t* cols, int64_t row_stride, const Corr2dGeometry& g, s
 // sample's im2col into one gather and its col2im into one scatter-add.
 constexpr int64_t kMaxTableWidth = 8;
 
-inline bool use_offset_table(const Corr2dGeometry& g) {
-  const int64_t sample_elements = g.channels * g.in_h * g.in_w;  // the offsets are int32
-  return g.out_w <= kMaxTableWidth && !g.columns_are_input() && sample_elements <= std::numeric_limits<int32_t>::max();
-}
-
+// The table for g, or an empty one where the row-by-row copies are used.
 std::vector<int32_t> im2col_offsets(const Corr2dGeometry& g) {
+  const int64_t sample_elements = g.channels * g.in_h * g.in_w;  // the offsets are int32
+  if (g.out_w > kMaxTableWidth || g.columns_are_input() || sample_elements > std::numeric_limits<int32_t>::max()) {
+    return {};
+  }
   const int64_t L = g.column_cols();
   std::vector<int32_t> offsets(g.column_rows() * L);
   for (int64_t row = 0; row < g.column_rows(); ++row) {
@@ -256,7 +256,7 @@ void for_each_chunk(int64_t batch, int64_t chunk_size, const Body& body) {
 
 // The column matrix [C*kh*kw, chunk.size * L] of a chunk: the input itself for
 // one sample with a plain 1x1 kernel, otherwise im2col into scratch.
-// `offsets`: im2col_offsets(g) where use_offset_table(g), else empty.
+// `offsets`: im2col_offsets(g) (empty: the row-by-row im2col).
 Tensor chunk_columns(
     const Tensor& input, const Corr2dGeometry& g, const std::vector<int32_t>& offsets, const Chunk& chunk,
     Scratch& scratch) {
@@ -337,9 +337,16 @@ Tensor corr2d_cpu(
   const Tensor bias_groups = has_bias ? bias_arg->contiguous().view({groups, out_channels_per_group, 1}) : Tensor();
 
   const int64_t chunk_size = samples_per_chunk(g, input.size(0));
-  const std::vector<int32_t> offsets = use_offset_table(g) ? im2col_offsets(g) : std::vector<int32_t>();
+  const std::vector<int32_t> offsets = im2col_offsets(g);
   Scratch columns_scratch(g.column_rows() * chunk_size * L, input.options());
   Scratch result_scratch(out_channels * chunk_size * L, input.options());
+  // out_k = bias_k + weight_k @ cols_k, for group k.
+  const auto multiply = [&](Tensor out_k, int64_t k, const Tensor& cols_k) {
+    if (has_bias) {
+      out_k.copy_(bias_groups[k].expand_as(out_k));
+    }
+    cpu::gemm(out_k, weight_groups[k], cols_k, /*accumulate=*/has_bias);
+  };
   for_each_chunk(input.size(0), chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
     const Tensor cols = chunk_columns(input, g, offsets, chunk, columns_scratch).view({groups, rows_per_group, width});
@@ -347,11 +354,7 @@ Tensor corr2d_cpu(
       for (int64_t s = 0; s < chunk.size; ++s) {
         Tensor out_groups = output[chunk.first + s].view({groups, out_channels_per_group, L});
         for (int64_t k = 0; k < groups; ++k) {
-          Tensor out_k = out_groups[k];
-          if (has_bias) {
-            out_k.copy_(bias_groups[k].expand_as(out_k));
-          }
-          cpu::gemm(out_k, weight_groups[k], cols[k].narrow(1, s * L, L), /*accumulate=*/has_bias);
+          multiply(out_groups[k], k, cols[k].narrow(1, s * L, L));
         }
       }
       return;
@@ -361,11 +364,7 @@ Tensor corr2d_cpu(
                                     : result_scratch.matrix(chunk.slot, out_channels, width);
     Tensor result_groups = result.view({groups, out_channels_per_group, width});
     for (int64_t k = 0; k < groups; ++k) {
-      Tensor out_k = result_groups[k];
-      if (has_bias) {
-        out_k.copy_(bias_groups[k].expand_as(out_k));
-      }
-      cpu::gemm(out_k, weight_groups[k], cols[k], /*accumulate=*/has_bias);
+      multiply(result_groups[k], k, cols[k]);
     }
     if (chunk.size > 1) {
       output.narrow(0, chunk.first, chunk.size)
@@ -405,7 +404,7 @@ Tensor corr2d_backward_input_cpu(
   const Tensor weight_t = weight.view({groups, out_channels_per_group, rows_per_group}).transpose(1, 2);
 
   const int64_t chunk_size = samples_per_chunk(g, input_size[0]);
-  const std::vector<int32_t> offsets = use_offset_table(g) ? im2col_offsets(g) : std::vector<int32_t>();
+  const std::vector<int32_t> offsets = im2col_offsets(g);
   Scratch columns_scratch(g.column_rows() * chunk_size * L, grad_output.options());
   Scratch grad_output_scratch(out_channels * chunk_size * L, grad_output.options());
   for_each_chunk(input_size[0], chunk_size, [&](const Chunk& chunk) {
@@ -490,7 +489,7 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   // slots are summed at the end, so no two threads write one element.
   Tensor partial = at::zeros({at::get_num_threads(), groups, out_channels_per_group, rows_per_group}, input.options());
   const int64_t chunk_size = samples_per_chunk(g, batch);
-  const std::vector<int32_t> offsets = use_offset_table(g) ? im2col_offsets(g) : std::vector<int32_t>();
+  const std::vector<int32_t> offsets = im2col_offsets(g);
   Scratch columns_scratch(g.column_rows() * chunk_size * L, input.options());
   Scratch grad_output_scratch(out_channels * chunk_size * L, input.options());
   for_each_chunk(batch, chunk_size, [&](const Chunk& chunk) {
