@@ -1,5 +1,7 @@
 // corr2d on the CPU: im2col, then one GEMM per group (gemm.h: pycnn's own
-// AVX-512 kernel where the CPU has it, else ATen's BLAS).
+// AVX-512 kernel where the CPU has it, else ATen's BLAS); grouped
+// convolutions with few channels per group run direct loops instead
+// (corr2d_direct.h).
 //
 // The input patches that the kernel sees are unfolded into a column matrix
 // cols[C * kh * kw, samples * OH * OW] (im2col), the patches of a chunk of
@@ -22,6 +24,7 @@
 #include <limits>
 #include <vector>
 
+#include "corr2d_direct.h"
 #include "gemm.h"
 #include "pycnn/checks.h"
 #include "pycnn/geometry.h"
@@ -30,18 +33,6 @@ namespace pycnn {
 namespace {
 
 constexpr int64_t kMinGemmColumns = 1024;
-
-// The output columns [first, last) whose input column ow*stride - pad + offset
-// lies inside [0, size): everything outside reads zero padding.
-inline void valid_range(
-    int64_t offset, int64_t size, int64_t out_size, int64_t stride, int64_t pad, int64_t* first, int64_t* last) {
-  // smallest o with o*stride >= pad - offset, largest o with o*stride <= size - 1 + pad - offset
-  const int64_t lo = pad - offset;
-  const int64_t hi = size - 1 + pad - offset;
-  *first = lo <= 0 ? 0 : (lo + stride - 1) / stride;
-  *last = hi < 0 ? 0 : std::min(out_size, hi / stride + 1);
-  *first = std::min(*first, *last);
-}
 
 // cols[(c*kh + i)*kw + j, oh*OW + ow] = x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
 // (0 outside), for one sample whose columns start at `cols` in a matrix
@@ -53,8 +44,7 @@ void im2col(const scalar_t* x, const Corr2dGeometry& g, scalar_t* cols, int64_t 
       const int64_t j = row % g.kernel_w;
       const int64_t i = (row / g.kernel_w) % g.kernel_h;
       const int64_t c = row / (g.kernel_w * g.kernel_h);
-      int64_t ow_first, ow_last;
-      valid_range(j * g.dilation_w, g.in_w, g.out_w, g.stride_w, g.pad_w, &ow_first, &ow_last);
+      const auto [ow_first, ow_last] = outputs_reading_inside(j * g.dilation_w, g.in_w, g.out_w, g.stride_w, g.pad_w);
       scalar_t* dst_row = cols + row * row_stride;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         scalar_t* dst = dst_row + oh * g.out_w;
@@ -91,8 +81,7 @@ void col2im(const scalar_t* cols, int64_t row_stride, const Corr2dGeometry& g, s
       for (int64_t k = 0; k < rows_per_channel; ++k) {
         const int64_t i = k / g.kernel_w;
         const int64_t j = k % g.kernel_w;
-        int64_t ow_first, ow_last;
-        valid_range(j * g.dilation_w, g.in_w, g.out_w, g.stride_w, g.pad_w, &ow_first, &ow_last);
+        const auto [ow_first, ow_last] = outputs_reading_inside(j * g.dilation_w, g.in_w, g.out_w, g.stride_w, g.pad_w);
         const scalar_t* src_row = cols + (c * rows_per_channel + k) * row_stride;
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
           const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
@@ -329,6 +318,10 @@ Tensor corr2d_cpu(
   const Tensor weight = weight_arg.contiguous();
   const bool has_bias = bias_arg.has_value() && bias_arg->defined();
   const auto g = make_corr2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation);
+  if (cpu::use_direct_corr2d(g, weight.size(0), groups, input.size(0))) {
+    cpu::corr2d_direct_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, groups, output);
+    return output.contiguous(input_arg.suggest_memory_format());
+  }
   const int64_t out_channels = weight.size(0);
   const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
@@ -396,6 +389,10 @@ Tensor corr2d_backward_input_cpu(
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor weight = weight_arg.contiguous();
   const auto g = make_corr2d_geometry(input_size, weight.sizes(), stride, padding, dilation);
+  if (cpu::use_direct_corr2d(g, weight.size(0), groups, input_size[0])) {
+    cpu::corr2d_direct_backward_input(grad_output, weight, g, groups, grad_input);
+    return grad_input.contiguous(grad_output_arg.suggest_memory_format());
+  }
   const int64_t out_channels = weight.size(0);
   const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
@@ -483,6 +480,11 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   Tensor grad_bias = output_mask[1] ? grad_output.view({batch, out_channels, L}).sum({0, 2}) : not_computed();
   if (!output_mask[0]) {
     return {not_computed(), grad_bias};
+  }
+  if (cpu::use_direct_corr2d(g, weight_size[0], groups, batch)) {
+    Tensor grad_weight = at::empty(weight_size, input.options());
+    cpu::corr2d_direct_backward_weight(grad_output, input, g, groups, grad_weight);
+    return {grad_weight, grad_bias};
   }
 
   // Each thread accumulates its chunks' contributions into its own slot; the

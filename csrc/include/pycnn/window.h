@@ -82,6 +82,18 @@ PYCNN_HOST_DEVICE OutputRange<T> outputs_containing(T i, T pad, T kernel, T stri
   return {begin > 0 ? begin : 0, end < out ? end : out};
 }
 
+// The outputs [begin, end) along one axis whose tap at input offset `offset`
+// (the tap's kernel position times the dilation) reads inside the input: o
+// with 0 <= o * stride - pad + offset < in. The rest read zero padding.
+PYCNN_HOST_DEVICE OutputRange<int64_t> outputs_reading_inside(
+    int64_t offset, int64_t in, int64_t out, int64_t stride, int64_t pad) {
+  const int64_t lo = pad - offset;     // the smallest o has o * stride >= lo
+  const int64_t hi = in - 1 + pad - offset;  // the largest o has o * stride <= hi
+  int64_t end = hi < 0 ? 0 : (hi / stride + 1 < out ? hi / stride + 1 : out);
+  int64_t begin = lo <= 0 ? 0 : (lo + stride - 1) / stride;
+  return {begin < end ? begin : end, end};
+}
+
 // Whether a max-pooling window holds no input element along one axis. With
 // dilation, every tap of a window can fall in the padding: its maximum is
 // -inf, and the index it records (as PyTorch's) need not lie in the window, so

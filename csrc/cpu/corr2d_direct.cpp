@@ -1,0 +1,598 @@
+// corr2d's direct loops for grouped convolutions with few channels per group
+// (corr2d_direct.h says why).
+//
+// Output plane (n, o) is a sum over its group's input channels c and the
+// kernel taps (i, j) of weight[o, c, i, j] times a shifted window of input
+// plane (n, c). The loops are arranged so that every tap is the same shift of
+// one buffer for every output:
+//
+// - The padded input plane is split into stride_h * stride_w phase planes
+//   (one when the stride is 1): phase (a, b) holds the padded input's rows
+//   a, a + stride_h, ... and columns b, b + stride_w, .... Tap (i, j) reads
+//   one phase only -- the one of (i * dilation_h, j * dilation_w) -- at rows
+//   and columns shifted by whole steps.
+// - The output is computed in "wide" rows with the phase planes' pitch Pw
+//   (the last Pw - OW entries of each are scrap, dropped at the end).
+//
+// Then out_wide[l] = bias + sum over taps t of w_t * phases[offset_t + l]:
+// accumulate_taps below, which holds four vector registers of outputs while
+// it runs through all the taps (one load and one multiply-add per tap and
+// vector), instead of a pass over the whole plane per tap.
+//
+// The backward uses the same buffers. The input's gradient is the adjoint --
+// grad_phase[offset_t + l] += w_t * grad_out_wide[l] -- written as a gather,
+// grad_phase[m] = sum_t w_t * grad_out_wide[m - offset_t], over a copy of
+// grad_out_wide with a zero margin in front, so that it is accumulate_taps
+// again; the phases are then gathered back onto the input's gradient. The
+// weight's gradient is grad_w_t = dot(grad_out_wide, phases[offset_t:]).
+//
+// Scrap entries are zero in grad_out_wide, so they add w * 0 to the input's
+// gradient and 0 * x to the weight's: exactly nothing while w and x are
+// finite. Where a weight is infinite or NaN, or a weight's gradient comes out
+// so, the sums run again row by row over the real outputs only, so that a
+// value no real output reads cannot turn a gradient into NaN.
+#include "corr2d_direct.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+// GCC notes that a function returning a 64-byte vector has an AVX-512 ABI;
+// the vector helpers below are always inlined, so no such call exists.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace pycnn {
+namespace cpu {
+namespace {
+
+// The direct loops run grouped layers with at most this many input channels
+// per group (im2col + GEMM makes a product per group, of as many rows)...
+constexpr int64_t kMaxDirectChannelsPerGroup = 16;
+// ... and, otherwise, at most this many output channels per group.
+constexpr int64_t kMaxDirectOutputsPerGroup = 32;
+
+// Multiply-adds that make one task of at::parallel_for worth its cost.
+constexpr int64_t kMinTaskWork = 1 << 15;
+
+// --- vector primitives ------------------------------------------------------
+//
+// 64-byte vectors of GCC's vector extension: one AVX-512 register, or what
+// the compiler makes of them on another target. The float versions are
+// compiled twice, for AVX-512 (x86-64-v4) and for any x86-64, and the CPU
+// picks one when the library loads (GCC's target_clones), so that pycnn still
+// runs on any x86-64 CPU.
+
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int64_t kLanes = 64 / sizeof(T);
+  __attribute__((always_inline)) static type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  __attribute__((always_inline)) static void store(T* p, type v) { std::memcpy(p, &v, sizeof v); }
+};
+
+// Outputs [0, K) of accumulate_taps_loop below on entries [l0, n), P
+// vectors of each at a time: the K * P accumulators stay in registers while
+// the loop runs through the taps, and each vector loaded from src serves all
+// K outputs.
+template <typename T, int K, int P>
+__attribute__((always_inline)) inline int64_t accumulate_block(
+    T* __restrict dst, int64_t dst_stride, const T* __restrict init, const T* __restrict src,
+    const int64_t* __restrict offsets, const T* __restrict weights, int64_t weight_stride, int64_t taps, int64_t l0,
+    int64_t n) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::kLanes;
+  int64_t l = l0;
+  for (; l + P * L <= n; l += P * L) {
+    typename V::type acc[K * P];  // acc[k * P + q]: output k, vector q
+#pragma GCC unroll 8
+    for (int a = 0; a < K * P; ++a) {
+      acc[a] = typename V::type{} + init[a / P];
+    }
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* s = src + offsets[t] + l;
+      typename V::type x[P];
+#pragma GCC unroll 8
+      for (int q = 0; q < P; ++q) {
+        x[q] = V::load(s + q * L);
+      }
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k) {
+        const T w = weights[k * weight_stride + t];
+#pragma GCC unroll 8
+        for (int q = 0; q < P; ++q) {
+          acc[k * P + q] += w * x[q];
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int a = 0; a < K * P; ++a) {
+      V::store(dst + a / P * dst_stride + l + a % P * L, acc[a]);
+    }
+  }
+  return l;
+}
+
+// For each output k < outputs: dst[k * dst_stride + l] = init[k] + the sum
+// over taps t of weights[k * weight_stride + t] * src[offsets[t] + l], for l
+// in [0, n); n is a multiple of Vec<T>::kLanes. Outputs go four, two or one
+// at a time.
+template <typename T>
+__attribute__((always_inline)) inline void accumulate_taps_loop(
+    T* dst, int64_t dst_stride, const T* init, const T* src, const int64_t* offsets, const T* weights,
+    int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
+  int64_t k = 0;
+  const auto block = [&](auto outputs_at_once, auto vectors) {
+    constexpr int K = decltype(outputs_at_once)::value;
+    const int64_t done = accumulate_block<T, K, decltype(vectors)::value>(
+        dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps, 0,
+        n);
+    accumulate_block<T, K, 1>(
+        dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps,
+        done, n);
+    k += K;
+  };
+  using std::integral_constant;
+  while (k + 4 <= outputs) {
+    block(integral_constant<int, 4>{}, integral_constant<int, 2>{});
+  }
+  while (k + 2 <= outputs) {
+    block(integral_constant<int, 2>{}, integral_constant<int, 2>{});
+  }
+  while (k < outputs) {
+    block(integral_constant<int, 1>{}, integral_constant<int, 4>{});
+  }
+}
+
+// Outputs [0, K) of dot_taps_loop below: four taps at a time, so that each
+// vector loaded from src serves K outputs and each loaded from a four taps.
+template <typename T, int K>
+__attribute__((always_inline)) inline void dot_block(
+    const T* __restrict a, int64_t a_stride, const T* __restrict src, const int64_t* __restrict offsets, int64_t taps,
+    int64_t n, T* __restrict out, int64_t out_stride) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::kLanes;
+  for (int64_t t0 = 0; t0 < taps; t0 += 4) {
+    const int64_t count = std::min<int64_t>(4, taps - t0);
+    const T* s[4];
+    for (int64_t j = 0; j < 4; ++j) {
+      s[j] = src + offsets[t0 + std::min(j, count - 1)];  // past the last tap: the last again, dropped
+    }
+    typename V::type acc[K * 4];  // acc[k * 4 + j]: output k, tap t0 + j
+#pragma GCC unroll 16
+    for (int b = 0; b < K * 4; ++b) {
+      acc[b] = typename V::type{};
+    }
+    for (int64_t l = 0; l < n; l += L) {
+      typename V::type x[4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        x[j] = V::load(s[j] + l);
+      }
+#pragma GCC unroll 4
+      for (int k = 0; k < K; ++k) {
+        const auto y = V::load(a + k * a_stride + l);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          acc[k * 4 + j] += y * x[j];
+        }
+      }
+    }
+    for (int k = 0; k < K; ++k) {
+      for (int64_t j = 0; j < count; ++j) {
+        T sum = 0;
+        for (int64_t lane = 0; lane < L; ++lane) {
+          sum += acc[k * 4 + j][lane];
+        }
+        out[k * out_stride + t0 + j] = sum;
+      }
+    }
+  }
+}
+
+// For each output k < outputs and tap t < taps: out[k * out_stride + t] =
+// the sum over l < n of a[k * a_stride + l] * src[offsets[t] + l]; n is a
+// multiple of Vec<T>::kLanes. Outputs go four, two or one at a time.
+template <typename T>
+__attribute__((always_inline)) inline void dot_taps_loop(
+    const T* a, int64_t a_stride, const T* src, const int64_t* offsets, int64_t taps, int64_t outputs, int64_t n,
+    T* out, int64_t out_stride) {
+  int64_t k = 0;
+  for (; k + 4 <= outputs; k += 4) {
+    dot_block<T, 4>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+  }
+  for (; k + 2 <= outputs; k += 2) {
+    dot_block<T, 2>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+  }
+  for (; k < outputs; ++k) {
+    dot_block<T, 1>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+  }
+}
+
+template <typename T>
+inline void accumulate_taps(
+    T* dst, int64_t dst_stride, const T* init, const T* src, const int64_t* offsets, const T* weights,
+    int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
+  accumulate_taps_loop<T>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
+}
+template <typename T>
+inline void dot_taps(
+    const T* a, int64_t a_stride, const T* src, const int64_t* offsets, int64_t taps, int64_t outputs, int64_t n,
+    T* out, int64_t out_stride) {
+  dot_taps_loop<T>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void accumulate_taps_float(
+    float* dst, int64_t dst_stride, const float* init, const float* src, const int64_t* offsets, const float* weights,
+    int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
+  accumulate_taps_loop<float>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
+}
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void dot_taps_float(
+    const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
+    int64_t n, float* out, int64_t out_stride) {
+  dot_taps_loop<float>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+}
+template <>
+inline void accumulate_taps<float>(
+    float* dst, int64_t dst_stride, const float* init, const float* src, const int64_t* offsets, const float* weights,
+    int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
+  accumulate_taps_float(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
+}
+template <>
+inline void dot_taps<float>(
+    const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
+    int64_t n, float* out, int64_t out_stride) {
+  dot_taps_float(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+}
+#endif
+
+inline int64_t round_up(int64_t n, int64_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
+
+template <typename T>
+bool all_finite(const T* begin, const T* end) {
+  return std::all_of(begin, end, [](T v) { return std::isfinite(v); });
+}
+
+// --- the buffers of one call ------------------------------------------------
+
+template <typename T>
+struct Planes {
+  const Corr2dGeometry& g;
+  int64_t groups;
+  int64_t channels_per_group, out_per_group;  // C / groups, O / groups
+  int64_t taps;                               // kh * kw
+  int64_t phase_h, phase_w;                   // rows and columns (the pitch) of a phase plane
+  int64_t wide_size;                          // the wide rows of an output plane: OH * Pw, rounded up to vectors
+  int64_t phase_size;                         // a phase plane, its overhang, rounded up to vectors
+  int64_t phases_size;                        // all stride_h * stride_w phases of one channel
+  int64_t margin;                             // the largest offset of a tap within its phase
+  int64_t grad_size;                          // margin + a phase plane: grad_out_wide in the gather
+  std::vector<int64_t> tap_offsets;           // [c * taps + t]: where tap t of channel c starts
+
+  Planes(const Corr2dGeometry& geometry, int64_t groups_, int64_t out_channels)
+      : g(geometry),
+        groups(groups_),
+        channels_per_group(geometry.channels / groups_),
+        out_per_group(out_channels / groups_),
+        taps(geometry.kernel_h * geometry.kernel_w),
+        phase_h((geometry.in_h + 2 * geometry.pad_h + geometry.stride_h - 1) / geometry.stride_h),
+        phase_w((geometry.in_w + 2 * geometry.pad_w + geometry.stride_w - 1) / geometry.stride_w),
+        wide_size(round_up(geometry.out_h * phase_w, Vec<T>::kLanes)),
+        margin(
+            (geometry.kernel_h - 1) * geometry.dilation_h / geometry.stride_h * phase_w +
+            (geometry.kernel_w - 1) * geometry.dilation_w / geometry.stride_w) {
+    // A tap reads wide_size values from its offset (at most `margin`), and
+    // the gather writes every entry of a phase plane: both fit.
+    phase_size = round_up(std::max(margin + wide_size, phase_h * phase_w), Vec<T>::kLanes);
+    phases_size = geometry.stride_h * geometry.stride_w * phase_size;
+    grad_size = margin + phase_size;
+    for (int64_t c = 0; c < channels_per_group; ++c) {
+      for (int64_t i = 0; i < g.kernel_h; ++i) {
+        for (int64_t j = 0; j < g.kernel_w; ++j) {
+          tap_offsets.push_back(c * phases_size + phase_of(i, j) * phase_size + offset_in_phase(i, j));
+        }
+      }
+    }
+  }
+
+  int64_t in_plane() const { return g.in_h * g.in_w; }
+  int64_t out_plane() const { return g.out_h * g.out_w; }
+  int64_t phase_of(int64_t i, int64_t j) const {
+    return (i * g.dilation_h % g.stride_h) * g.stride_w + j * g.dilation_w % g.stride_w;
+  }
+  int64_t offset_in_phase(int64_t i, int64_t j) const {
+    return i * g.dilation_h / g.stride_h * phase_w + j * g.dilation_w / g.stride_w;
+  }
+  // Multiply-adds of one output plane.
+  int64_t plane_work() const { return std::max<int64_t>(1, channels_per_group * taps * wide_size); }
+
+  // The phase planes of input plane x (their padding and overhang stay zero).
+  void split(const T* x, T* phases) const {
+    for_each_phase_row([&](int64_t h, int64_t b, int64_t first, int64_t last, int64_t start) {
+      const T* src = x + h * g.in_w + b - g.pad_w;  // entry q holds input column q * stride_w + b - pad_w
+      if (g.stride_w == 1) {
+        std::copy(src + first, src + last, phases + start + first);
+        return;
+      }
+      for (int64_t q = first; q < last; ++q) {
+        phases[start + q] = src[q * g.stride_w];
+      }
+    });
+  }
+  // The adjoint of split: input plane x := the interior of the phase planes.
+  void gather(const T* phases, T* x) const {
+    for_each_phase_row([&](int64_t h, int64_t b, int64_t first, int64_t last, int64_t start) {
+      T* dst = x + h * g.in_w + b - g.pad_w;
+      if (g.stride_w == 1) {
+        std::copy(phases + start + first, phases + start + last, dst + first);
+        return;
+      }
+      for (int64_t q = first; q < last; ++q) {
+        dst[q * g.stride_w] = phases[start + q];
+      }
+    });
+  }
+  // body(h, b, first, last, start) for each input row h and column phase b:
+  // the columns b, b + stride_w, ... of padded row h + pad_h lie in the phase
+  // planes from index `start` on, and those in [first, last) are the input's.
+  template <typename Body>
+  void for_each_phase_row(const Body& body) const {
+    for (int64_t b = 0; b < g.stride_w; ++b) {
+      // q with pad_w <= q * stride_w + b < pad_w + in_w
+      const int64_t first = g.pad_w > b ? (g.pad_w - b + g.stride_w - 1) / g.stride_w : 0;
+      const int64_t last = std::max(first, (g.pad_w + g.in_w - b + g.stride_w - 1) / g.stride_w);
+      for (int64_t h = 0, row = g.pad_h; h < g.in_h; ++h, ++row) {
+        const int64_t row_phase = g.stride_h == 1 ? 0 : row % g.stride_h;
+        const int64_t row_in_phase = g.stride_h == 1 ? row : row / g.stride_h;
+        body(h, b, first, last, (row_phase * g.stride_w + b) * phase_size + row_in_phase * phase_w);
+      }
+    }
+  }
+  // Wide rows (whose scrap stays zero) := output plane y, and back.
+  void widen(const T* y, T* wide) const {
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      std::copy(y + oh * g.out_w, y + (oh + 1) * g.out_w, wide + oh * phase_w);
+    }
+  }
+  void narrow(const T* wide, T* y) const {
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      std::copy(wide + oh * phase_w, wide + oh * phase_w + g.out_w, y + oh * g.out_w);
+    }
+  }
+};
+
+// Tasks of at::parallel_for: (sample, group) pairs, enough of them per task
+// to be worth its cost.
+template <typename T>
+int64_t group_grain(const Planes<T>& p) {
+  return std::max<int64_t>(1, kMinTaskWork / (p.plane_work() * p.out_per_group));
+}
+
+// --- forward ----------------------------------------------------------------
+
+template <typename T>
+void forward(const T* x, const T* w, const T* bias, const Planes<T>& p, T* y, int64_t batch) {
+  const Corr2dGeometry& g = p.g;
+  const int64_t out_channels = p.out_per_group * p.groups;
+  const int64_t group_taps = p.channels_per_group * p.taps;
+  const std::vector<T> zeros(p.out_per_group, T(0));
+  at::parallel_for(0, batch * p.groups, group_grain(p), [&](int64_t begin, int64_t end) {
+    std::vector<T> phases(p.channels_per_group * p.phases_size, T(0));
+    std::vector<T> acc(p.out_per_group * p.wide_size);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / p.groups;
+      const int64_t group = task % p.groups;
+      const int64_t first_channel = group * p.channels_per_group;
+      const int64_t first_out = group * p.out_per_group;
+      for (int64_t c = 0; c < p.channels_per_group; ++c) {
+        p.split(x + (n * g.channels + first_channel + c) * p.in_plane(), phases.data() + c * p.phases_size);
+      }
+      accumulate_taps<T>(
+          acc.data(), p.wide_size, bias != nullptr ? bias + first_out : zeros.data(), phases.data(),
+          p.tap_offsets.data(), w + first_out * group_taps, group_taps, group_taps, p.out_per_group, p.wide_size);
+      for (int64_t o = 0; o < p.out_per_group; ++o) {
+        p.narrow(acc.data() + o * p.wide_size, y + (n * out_channels + first_out + o) * p.out_plane());
+      }
+    }
+  });
+}
+
+// --- backward: input --------------------------------------------------------
+
+template <typename T>
+void backward_input(const T* dy, const T* w, const Planes<T>& p, T* dx, int64_t batch) {
+  const Corr2dGeometry& g = p.g;
+  const int64_t out_channels = p.out_per_group * p.groups;
+  const int64_t group_taps = p.channels_per_group * p.taps;
+  // The gather's taps, phase by phase: tap (o, i, j) of phase k reads the
+  // wide grad_output of the group's o-th channel backwards from
+  // margin - offset_in_phase(i, j), with weight[o, c, i, j] for channel c.
+  struct GatherTap {
+    int64_t out, tap, shift;  // o within the group, i * kw + j, offset_in_phase(i, j)
+  };
+  const int64_t phases = g.stride_h * g.stride_w;
+  std::vector<std::vector<GatherTap>> taps_of(phases);
+  std::vector<std::vector<int64_t>> offsets_of(phases);
+  for (int64_t o = 0; o < p.out_per_group; ++o) {
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        const int64_t k = p.phase_of(i, j);
+        taps_of[k].push_back({o, i * g.kernel_w + j, p.offset_in_phase(i, j)});
+        offsets_of[k].push_back(o * p.grad_size + p.margin - p.offset_in_phase(i, j));
+      }
+    }
+  }
+  const std::vector<T> zeros(p.channels_per_group, T(0));
+  at::parallel_for(0, batch * p.groups, group_grain(p), [&](int64_t begin, int64_t end) {
+    // grad_wide: the group's wide grad_output planes, each after a zero margin.
+    std::vector<T> grad_wide(p.out_per_group * p.grad_size, T(0));
+    std::vector<T> grad_phases(p.channels_per_group * p.phases_size);
+    std::vector<T> weights(p.channels_per_group * p.out_per_group * p.taps);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / p.groups;
+      const int64_t group = task % p.groups;
+      const int64_t first_out = group * p.out_per_group;
+      for (int64_t o = 0; o < p.out_per_group; ++o) {
+        p.widen(dy + (n * out_channels + first_out + o) * p.out_plane(), grad_wide.data() + o * p.grad_size + p.margin);
+      }
+      const T* w_group = w + first_out * group_taps;
+      for (int64_t k = 0; k < phases; ++k) {
+        // Phase k of every channel c of the group at once: weights[c][t].
+        const auto& taps = taps_of[k];
+        const int64_t count = taps.size();
+        for (int64_t c = 0; c < p.channels_per_group; ++c) {
+          for (int64_t t = 0; t < count; ++t) {
+            weights[c * count + t] = w_group[taps[t].out * group_taps + c * p.taps + taps[t].tap];
+          }
+        }
+        T* dst = grad_phases.data() + k * p.phase_size;
+        if (all_finite(weights.data(), weights.data() + p.channels_per_group * count)) {
+          // (No taps, as for a 1x1 kernel with stride 2 in all but one phase: zero.)
+          accumulate_taps<T>(
+              dst, p.phases_size, zeros.data(), grad_wide.data(), offsets_of[k].data(), weights.data(), count, count,
+              p.channels_per_group, p.phase_size);
+          continue;
+        }
+        // The scatter, row by row over the real outputs (see the top).
+        for (int64_t c = 0; c < p.channels_per_group; ++c) {
+          T* dst_c = dst + c * p.phases_size;
+          std::fill(dst_c, dst_c + p.phase_size, T(0));
+          for (int64_t t = 0; t < count; ++t) {
+            const T weight = weights[c * count + t];
+            const T* src = grad_wide.data() + taps[t].out * p.grad_size + p.margin;
+            for (int64_t oh = 0; oh < g.out_h; ++oh) {
+              for (int64_t ow = 0; ow < g.out_w; ++ow) {
+                dst_c[taps[t].shift + oh * p.phase_w + ow] += weight * src[oh * p.phase_w + ow];
+              }
+            }
+          }
+        }
+      }
+      for (int64_t c = 0; c < p.channels_per_group; ++c) {
+        p.gather(
+            grad_phases.data() + c * p.phases_size,
+            dx + (n * g.channels + group * p.channels_per_group + c) * p.in_plane());
+      }
+    }
+  });
+}
+
+// --- backward: weight -------------------------------------------------------
+
+// One block of up to kOutputBlock output channels of one group per task, so
+// that no two threads write one weight (and an ungrouped layer still has
+// tasks for every thread); each task sums over the whole batch.
+constexpr int64_t kOutputBlock = 8;
+
+template <typename T>
+void backward_weight(const T* dy, const T* x, const Planes<T>& p, T* dw, int64_t batch) {
+  const Corr2dGeometry& g = p.g;
+  const int64_t out_channels = p.out_per_group * p.groups;
+  const int64_t group_taps = p.channels_per_group * p.taps;
+  const int64_t blocks = (p.out_per_group + kOutputBlock - 1) / kOutputBlock;  // per group
+  const int64_t grain = std::max<int64_t>(1, group_grain(p) * blocks / std::max<int64_t>(1, batch));
+  at::parallel_for(0, p.groups * blocks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> phases(p.channels_per_group * p.phases_size, T(0));
+    std::vector<T> grad_wide(kOutputBlock * p.wide_size, T(0));
+    std::vector<T> sums(kOutputBlock * p.taps);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t group = task / blocks;
+      const int64_t first_out = group * p.out_per_group + task % blocks * kOutputBlock;
+      const int64_t outputs = std::min(kOutputBlock, (group + 1) * p.out_per_group - first_out);
+      std::fill(dw + first_out * group_taps, dw + (first_out + outputs) * group_taps, T(0));
+      for (int64_t n = 0; n < batch; ++n) {
+        for (int64_t c = 0; c < p.channels_per_group; ++c) {
+          const T* x_c = x + (n * g.channels + group * p.channels_per_group + c) * p.in_plane();
+          p.split(x_c, phases.data() + c * p.phases_size);
+        }
+        for (int64_t o = 0; o < outputs; ++o) {
+          p.widen(dy + (n * out_channels + first_out + o) * p.out_plane(), grad_wide.data() + o * p.wide_size);
+        }
+        for (int64_t c = 0; c < p.channels_per_group; ++c) {
+          // sums[o * taps + t]: this sample's part of grad_weight[first_out + o, c, t]
+          const int64_t* offsets = p.tap_offsets.data() + c * p.taps;
+          dot_taps<T>(
+              grad_wide.data(), p.wide_size, phases.data(), offsets, p.taps, outputs, p.wide_size, sums.data(), p.taps);
+          for (int64_t o = 0; o < outputs; ++o) {
+            const T* grad_o = grad_wide.data() + o * p.wide_size;
+            for (int64_t t = 0; t < p.taps; ++t) {
+              T& sum = sums[o * p.taps + t];
+              if (!std::isfinite(sum)) {
+                // Again, row by row over the real outputs only (see the top).
+                sum = 0;
+                for (int64_t oh = 0; oh < g.out_h; ++oh) {
+                  for (int64_t ow = 0; ow < g.out_w; ++ow) {
+                    sum += grad_o[oh * p.phase_w + ow] * phases[offsets[t] + oh * p.phase_w + ow];
+                  }
+                }
+              }
+              dw[(first_out + o) * group_taps + c * p.taps + t] += sum;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch) {
+  if (groups > 1 && g.channels / groups <= kMaxDirectChannelsPerGroup) {
+    return true;
+  }
+  // An ungrouped layer with few output channels (DenseNet's 32-channel 3x3
+  // layers, first layers): each unfolded input value feeds few products, so
+  // im2col's copy costs about as much as the GEMM. With stride 1 on maps of
+  // 12x12 to 112x112, and a task per sample for each thread.
+  const int64_t outputs = g.out_h * g.out_w;
+  return out_channels / groups <= kMaxDirectOutputsPerGroup && g.kernel_h * g.kernel_w > 1 && g.stride_h == 1 &&
+      g.stride_w == 1 && outputs >= 12 * 12 && outputs <= 112 * 112 && batch * groups >= at::get_num_threads();
+}
+
+void corr2d_direct_forward(
+    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const Corr2dGeometry& g, int64_t groups,
+    at::Tensor& output) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_corr2d_direct", [&] {
+    const Planes<scalar_t> planes(g, groups, weight.size(0));
+    forward<scalar_t>(
+        input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, planes, output.mutable_data_ptr<scalar_t>(),
+        input.size(0));
+  });
+}
+
+void corr2d_direct_backward_input(
+    const at::Tensor& grad_output, const at::Tensor& weight, const Corr2dGeometry& g, int64_t groups,
+    at::Tensor& grad_input) {
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "pycnn_corr2d_direct_backward_input", [&] {
+    const Planes<scalar_t> planes(g, groups, weight.size(0));
+    backward_input<scalar_t>(
+        grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), planes,
+        grad_input.mutable_data_ptr<scalar_t>(), grad_input.size(0));
+  });
+}
+
+void corr2d_direct_backward_weight(
+    const at::Tensor& grad_output, const at::Tensor& input, const Corr2dGeometry& g, int64_t groups,
+    at::Tensor& grad_weight) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pycnn_corr2d_direct_backward_weight", [&] {
+    const Planes<scalar_t> planes(g, groups, grad_weight.size(0));
+    backward_weight<scalar_t>(
+        grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), planes,
+        grad_weight.mutable_data_ptr<scalar_t>(), input.size(0));
+  });
+}
+
+}  // namespace cpu
+}  // namespace pycnn
