@@ -1,10 +1,143 @@
 // Makes the operator library importable as the Python module pycnn._C.
 // Importing it loads the shared library, whose static initialisers register
-// the operators (csrc/pycnn.cpp) and their kernels; the module itself is empty.
+// the operators (csrc/pycnn.cpp) and their kernels.
+//
+// It also holds every operator's Autograd kernel. The derivatives themselves
+// are Python (pycnn/_autograd.py: reverse and forward mode at any order, and
+// torch.func's transforms), registered here by _set_autograd_kernel. What this
+// C++ kernel adds is the call that needs no derivative -- no input requires
+// grad (torch.no_grad, inference, the backward formulas' own operator calls),
+// no forward-mode tangent, no torch.func transform -- which goes straight to
+// the kernels below autograd, without the few microseconds of a Python call
+// (python -m pycnn.bench overhead). Every other call runs the Python kernel
+// exactly as a torch.library registration would.
+//
+// Only the Python extension has this file: the LibTorch library of
+// CMakeLists.txt (no Python) registers no Autograd kernel, as before.
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/jit/python/pybind_utils.h>
+#include <torch/library.h>
+
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+namespace pycnn {
+namespace {
+
+// Operator name (without the namespace) -> its Python Autograd kernel.
+std::unordered_map<std::string, py::object>& python_kernels() {
+  static auto* kernels = new std::unordered_map<std::string, py::object>();  // never destroyed: outlives Python
+  return *kernels;
+}
+std::mutex python_kernels_mutex;
+
+// Whether this call must be recorded by autograd or a torch.func transform.
+bool needs_derivatives(const torch::jit::Stack& stack, size_t first, size_t count) {
+  // torch.func's transforms keep their dispatch keys in the thread's
+  // included set while any transform is active.
+  if (c10::impl::tls_local_dispatch_key_set().included_.has(c10::DispatchKey::FuncTorchDynamicLayerBackMode)) {
+    return true;
+  }
+  const bool grad_mode = at::GradMode::is_enabled();
+  const auto differentiated = [&](const at::Tensor& t) {
+    return t.defined() && ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
+  };
+  for (size_t i = first; i < first + count; ++i) {
+    const c10::IValue& value = stack[i];
+    if (value.isTensor() && differentiated(value.toTensor())) {
+      return true;
+    }
+    if (value.isTensorList()) {
+      for (const at::Tensor& t : value.toTensorList().vec()) {
+        if (differentiated(t)) {
+          return true;
+        }
+      }
+    }
+  }
+  return false;
+}
+
+void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const auto& schema = op.schema();
+  const size_t count = schema.arguments().size();
+  const size_t first = stack->size() - count;
+  if (!needs_derivatives(*stack, first, count)) {
+    const at::AutoDispatchBelowAutograd below_autograd;
+    op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+    return;
+  }
+  const std::string name = schema.operator_name().name.substr(schema.operator_name().name.find("::") + 2);
+  py::gil_scoped_acquire gil;
+  py::object kernel;
+  {
+    const std::lock_guard<std::mutex> lock(python_kernels_mutex);
+    const auto found = python_kernels().find(name);
+    TORCH_CHECK(
+        found != python_kernels().end(), "pycnn::", name,
+        ": no derivatives are registered; import pycnn (pycnn/_autograd.py) to differentiate it");
+    kernel = found->second;
+  }
+  py::tuple args(count);
+  for (size_t i = 0; i < count; ++i) {
+    args[i] = torch::jit::toPyObject(std::move((*stack)[first + i]));
+  }
+  torch::jit::drop(*stack, count);
+  const py::object result = kernel(*args);
+  const auto& returns = schema.returns();
+  if (returns.size() == 1) {
+    stack->push_back(torch::jit::toIValue(result, returns[0].type()));
+    return;
+  }
+  const auto results = result.cast<py::tuple>();
+  TORCH_CHECK(
+      results.size() == returns.size(), "pycnn::", name, ": the Python Autograd kernel returned ", results.size(),
+      " values, the schema ", returns.size());
+  for (size_t i = 0; i < returns.size(); ++i) {
+    stack->push_back(torch::jit::toIValue(results[i], returns[i].type()));
+  }
+}
+
+// _set_autograd_kernel(name, kernel): kernel(*args) is called for the calls
+// of pycnn::name that autograd or torch.func must see.
+PyObject* set_autograd_kernel(PyObject* /*module*/, PyObject* args) {
+  const char* name = nullptr;
+  PyObject* kernel = nullptr;
+  if (!PyArg_ParseTuple(args, "sO:_set_autograd_kernel", &name, &kernel)) {
+    return nullptr;
+  }
+  if (!PyCallable_Check(kernel)) {
+    PyErr_SetString(PyExc_TypeError, "_set_autograd_kernel: the kernel must be callable");
+    return nullptr;
+  }
+  const std::lock_guard<std::mutex> lock(python_kernels_mutex);
+  python_kernels()[name] = py::reinterpret_borrow<py::object>(kernel);
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"_set_autograd_kernel", set_autograd_kernel, METH_VARARGS,
+     "_set_autograd_kernel(name, kernel): the Python Autograd kernel of pycnn::name"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pycnn, Autograd, m) {
+  for (const char* name : {"corr2d", "corr2d_backward_input", "corr2d_backward_weight", "max_pool2d",
+                           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+                           "adaptive_avg_pool2d_backward", "batch_norm", "batch_norm_backward"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
+  }
+}
+
+}  // namespace pycnn
 
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
-                                          "pycnn's compiled operators, registered as torch.ops.pycnn", -1, nullptr};
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "pycnn's compiled operators, registered as torch.ops.pycnn", -1, pycnn::methods};
   return PyModule_Create(&module_def);
 }

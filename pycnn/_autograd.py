@@ -19,8 +19,9 @@ derivative of a derivative is itself differentiable, to any order:
   plausible-looking wrong answer.
 
 Each operator's formulas sit in one autograd function (forward without ctx,
-setup_context, backward, jvp) that is registered as the operator's Autograd
-kernel, so torch.autograd, torch.autograd.forward_ad and torch.func (grad,
+setup_context, backward, jvp) that the operator's Autograd kernel runs (the
+kernel is C++, csrc/python_module.cpp, so that a call that needs no
+derivative skips Python), so torch.autograd, torch.autograd.forward_ad and torch.func (grad,
 jvp, jacrev, jacfwd, hessian; vmap through the batching rules of
 pycnn/_vmap.py, which the formulas' own operators reach too) all use it.
 """
@@ -29,8 +30,9 @@ from torch.autograd import forward_ad
 from torch._functorch.utils import enable_single_level_autograd_function
 from torch.autograd.function import _SingleLevelFunction
 
+from pycnn import _C
+
 ops = torch.ops.pycnn
-_LIB = torch.library.Library("pycnn", "IMPL")
 _JVP = torch._C._functorch.TransformType.Jvp
 
 
@@ -98,7 +100,9 @@ def _register(name, *, setup_context, backward, jvp):
             return function.apply(*args, modes)
         return below_autograd(*args)
 
-    _LIB.impl(name, autograd_kernel, "Autograd")
+    # The C++ Autograd kernel (csrc/python_module.cpp) calls this one for the
+    # calls that need derivatives, and runs the others below autograd itself.
+    _C._set_autograd_kernel(name, autograd_kernel)
 
 
 def _refuse_nested_forward_mode(name):
