@@ -20,19 +20,18 @@
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/library.h>
 
-#include <mutex>
 #include <string>
 #include <unordered_map>
 
 namespace pycnn {
 namespace {
 
-// Operator name (without the namespace) -> its Python Autograd kernel.
+// Operator name (without the namespace) -> its Python Autograd kernel; read
+// and written with the GIL held.
 std::unordered_map<std::string, py::object>& python_kernels() {
   static auto* kernels = new std::unordered_map<std::string, py::object>();  // never destroyed: outlives Python
   return *kernels;
 }
-std::mutex python_kernels_mutex;
 
 // Whether this call must be recorded by autograd or a torch.func transform.
 bool needs_derivatives(const torch::jit::Stack& stack, size_t first, size_t count) {
@@ -72,15 +71,11 @@ void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys, to
   }
   const std::string name = schema.operator_name().name.substr(schema.operator_name().name.find("::") + 2);
   py::gil_scoped_acquire gil;
-  py::object kernel;
-  {
-    const std::lock_guard<std::mutex> lock(python_kernels_mutex);
-    const auto found = python_kernels().find(name);
-    TORCH_CHECK(
-        found != python_kernels().end(), "pycnn::", name,
-        ": no derivatives are registered; import pycnn (pycnn/_autograd.py) to differentiate it");
-    kernel = found->second;
-  }
+  const auto found = python_kernels().find(name);
+  TORCH_CHECK(
+      found != python_kernels().end(), "pycnn::", name,
+      ": no derivatives are registered; import pycnn (pycnn/_autograd.py) to differentiate it");
+  const py::object kernel = found->second;
   py::tuple args(count);
   for (size_t i = 0; i < count; ++i) {
     args[i] = torch::jit::toPyObject(std::move((*stack)[first + i]));
@@ -113,7 +108,6 @@ PyObject* set_autograd_kernel(PyObject* /*module*/, PyObject* args) {
     PyErr_SetString(PyExc_TypeError, "_set_autograd_kernel: the kernel must be callable");
     return nullptr;
   }
-  const std::lock_guard<std::mutex> lock(python_kernels_mutex);
   python_kernels()[name] = py::reinterpret_borrow<py::object>(kernel);
   Py_RETURN_NONE;
 }

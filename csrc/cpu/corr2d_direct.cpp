@@ -15,9 +15,10 @@
 //   (the last Pw - OW entries of each are scrap, dropped at the end).
 //
 // Then out_wide[l] = bias + sum over taps t of w_t * phases[offset_t + l]:
-// accumulate_taps below, which holds four vector registers of outputs while
-// it runs through all the taps (one load and one multiply-add per tap and
-// vector), instead of a pass over the whole plane per tap.
+// accumulate_taps below, which holds a block of outputs -- four output
+// channels by two vectors -- in registers while it runs through all the taps
+// and channels (each vector loaded serves four outputs), instead of a pass
+// over the whole plane per tap.
 //
 // The backward uses the same buffers. The input's gradient is the adjoint --
 // grad_phase[offset_t + l] += w_t * grad_out_wide[l] -- written as a gather,
@@ -79,11 +80,11 @@ struct Vec {
 };
 
 // Outputs [0, K) of accumulate_taps_loop below on entries [l0, n), P
-// vectors of each at a time: the K * P accumulators stay in registers while
-// the loop runs through the taps, and each vector loaded from src serves all
-// K outputs.
+// vectors of each at a time, as far as whole blocks go (returns where they
+// end): the K * P accumulators stay in registers while the loop runs through
+// the taps, and each vector loaded from src serves all K outputs.
 template <typename T, int K, int P>
-__attribute__((always_inline)) inline int64_t accumulate_block(
+__attribute__((always_inline)) inline int64_t accumulate_span(
     T* __restrict dst, int64_t dst_stride, const T* __restrict init, const T* __restrict src,
     const int64_t* __restrict offsets, const T* __restrict weights, int64_t weight_stride, int64_t taps, int64_t l0,
     int64_t n) {
@@ -120,6 +121,16 @@ __attribute__((always_inline)) inline int64_t accumulate_block(
   return l;
 }
 
+// Outputs [0, K): blocks of P vectors, then single vectors for the rest.
+template <typename T, int K, int P>
+__attribute__((always_inline)) inline void accumulate_block(
+    T* dst, int64_t dst_stride, const T* init, const T* src, const int64_t* offsets, const T* weights,
+    int64_t weight_stride, int64_t taps, int64_t n) {
+  const int64_t done =
+      accumulate_span<T, K, P>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, 0, n);
+  accumulate_span<T, K, 1>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, done, n);
+}
+
 // For each output k < outputs: dst[k * dst_stride + l] = init[k] + the sum
 // over taps t of weights[k * weight_stride + t] * src[offsets[t] + l], for l
 // in [0, n); n is a multiple of Vec<T>::kLanes. Outputs go four, two or one
@@ -129,25 +140,17 @@ __attribute__((always_inline)) inline void accumulate_taps_loop(
     T* dst, int64_t dst_stride, const T* init, const T* src, const int64_t* offsets, const T* weights,
     int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
   int64_t k = 0;
-  const auto block = [&](auto outputs_at_once, auto vectors) {
-    constexpr int K = decltype(outputs_at_once)::value;
-    const int64_t done = accumulate_block<T, K, decltype(vectors)::value>(
-        dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps, 0,
-        n);
-    accumulate_block<T, K, 1>(
-        dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps,
-        done, n);
-    k += K;
-  };
-  using std::integral_constant;
-  while (k + 4 <= outputs) {
-    block(integral_constant<int, 4>{}, integral_constant<int, 2>{});
+  for (; k + 4 <= outputs; k += 4) {
+    accumulate_block<T, 4, 2>(
+        dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps, n);
   }
-  while (k + 2 <= outputs) {
-    block(integral_constant<int, 2>{}, integral_constant<int, 2>{});
+  for (; k + 2 <= outputs; k += 2) {
+    accumulate_block<T, 2, 2>(
+        dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps, n);
   }
-  while (k < outputs) {
-    block(integral_constant<int, 1>{}, integral_constant<int, 4>{});
+  for (; k < outputs; ++k) {
+    accumulate_block<T, 1, 4>(
+        dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps, n);
   }
 }
 
