@@ -1,7 +1,8 @@
 // corr2d on the CPU: im2col, then one GEMM per group (gemm.h: pycnn's own
 // AVX-512 kernel where the CPU has it, else ATen's BLAS); grouped
-// convolutions with few channels per group run direct loops instead
-// (corr2d_direct.h).
+// convolutions with few channels per group, and layers with few output
+// channels on mid-sized maps, run direct loops instead (corr2d_direct.h,
+// use_direct_corr2d).
 //
 // The input patches that the kernel sees are unfolded into a column matrix
 // cols[C * kh * kw, samples * OH * OW] (im2col), the patches of a chunk of
