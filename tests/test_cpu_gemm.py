@@ -29,10 +29,16 @@ CASES = [
     (5, 8, 8, 6, 1, 1, 0, 1, 2),  # 1x1 without im2col, grouped
     (2, 6, 11, 5, 5, 3, 2, 1, 1),  # a 4x4 output from stride 3: the table path
     (2, 4, 6, 3, 3, 1, 0, 1, 1),  # a 4x4 output without padding
+    # Samples over threads, the weight packed once: 12x12 (144 columns: four
+    # whole 32-column tiles and a half one), 128 rows (past MC, an 8-row last
+    # strip); a 1x1 kernel whose columns are the input; an odd batch.
+    (4, 16, 12, 128, 3, 1, 1, 1, 1),
+    (4, 20, 12, 24, 1, 1, 0, 1, 1),
+    (3, 7, 13, 5, 3, 1, 1, 1, 1),
 ]
 
 
-def _check(case):
+def _check(case, bias=True):
     n, c, size, o, k, stride, pad, dil, groups = case
     gen = torch.Generator().manual_seed(hash(case) % 2**31)
     x = torch.randn(n, c, size, size, generator=gen, dtype=torch.float64)
@@ -40,13 +46,14 @@ def _check(case):
     b = torch.randn(o, generator=gen, dtype=torch.float64)
     args = ([stride] * 2, [pad] * 2, [dil] * 2, groups)
     xf, wf, bf = (t.float().requires_grad_() for t in (x, w, b))
-    y = torch.ops.pycnn.corr2d(xf, wf, bf, *args)
+    y = torch.ops.pycnn.corr2d(xf, wf, bf if bias else None, *args)
     xd, wd, bd = (t.clone().requires_grad_() for t in (x, w, b))
-    ref = F.conv2d(xd, wd, bd, stride, pad, dil, groups)
+    ref = F.conv2d(xd, wd, bd if bias else None, stride, pad, dil, groups)
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     y.backward(grad.float())
     ref.backward(grad)
-    for ours, theirs in ((y, ref), (xf.grad, xd.grad), (wf.grad, wd.grad), (bf.grad, bd.grad)):
+    pairs = [(y, ref), (xf.grad, xd.grad), (wf.grad, wd.grad)] + ([(bf.grad, bd.grad)] if bias else [])
+    for ours, theirs in pairs:
         scale = theirs.abs().max().item() or 1.0
         error = (ours.double() - theirs).abs().max().item() / scale
         assert error < 1e-5, (case, error)
@@ -55,6 +62,11 @@ def _check(case):
 @pytest.mark.parametrize("case", CASES)
 def test_corr2d_against_float64(case):
     _check(case)
+
+
+@pytest.mark.parametrize("case", CASES[-3:])
+def test_corr2d_without_bias(case):
+    _check(case, bias=False)
 
 
 def test_corr2d_single_thread():

@@ -91,8 +91,14 @@ void col2im(const scalar_t* cols, int64_t row_stride, const Corr2dGeometry& g, s
           }
           const scalar_t* src = src_row + oh * g.out_w;
           scalar_t* dst = plane + ih * g.in_w - g.pad_w + j * g.dilation_w;
-          for (int64_t ow = ow_first; ow < ow_last; ++ow) {
-            dst[ow * g.stride_w] += src[ow];
+          if (g.stride_w == 1) {  // a loop the compiler vectorises
+            for (int64_t ow = ow_first; ow < ow_last; ++ow) {
+              dst[ow] += src[ow];
+            }
+          } else {
+            for (int64_t ow = ow_first; ow < ow_last; ++ow) {
+              dst[ow * g.stride_w] += src[ow];
+            }
           }
         }
       }
@@ -284,6 +290,23 @@ Tensor chunk_grad_output(const Tensor& grad_output, const Chunk& chunk, Scratch&
   return channel_major;
 }
 
+// col2im of one sample: `cols` (its columns, rows `row_stride` apart) added
+// up onto its gradient `grad_input_s` (C, H, W), which it overwrites.
+// `offsets`: im2col_offsets(g) (empty: the row-by-row col2im).
+void fold_columns(
+    const Tensor& cols, int64_t row_stride, const Corr2dGeometry& g, const std::vector<int32_t>& offsets,
+    const Tensor& grad_input_s) {
+  AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "pycnn_col2im", [&] {
+    const scalar_t* src = cols.const_data_ptr<scalar_t>();
+    scalar_t* dx = grad_input_s.mutable_data_ptr<scalar_t>();
+    if (offsets.empty()) {
+      col2im<scalar_t>(src, row_stride, g, dx);
+    } else {
+      col2im_table<scalar_t>(src, row_stride, g, offsets.data(), dx);
+    }
+  });
+}
+
 // Whether a chunk of several samples runs one GEMM per sample, reading its
 // columns of the chunk's matrix and writing its own (O, L) block of the output
 // (or reading its own block of grad_output), instead of one GEMM for the chunk
@@ -296,6 +319,29 @@ constexpr int64_t kMinColumnsPerSample = 128;
 inline bool gemm_per_sample(const Tensor& t, const Chunk& chunk, int64_t L, int64_t groups) {
   return chunk.size > 1 && L >= kMinColumnsPerSample && groups == 1 && t.scalar_type() == at::kFloat &&
       cpu::has_fast_gemm();
+}
+
+// Whether the samples of the batch are spread over the threads, each thread
+// unfolding its own samples and multiplying them by the weight packed once
+// for the call (cpu::PackedLeft), rather than each sample's GEMM split over
+// the threads: split in whole 32-column tiles, a 12x12 sample's 144 columns
+// went 96 / 48 to two threads, and each thread packed the weight again.
+inline bool samples_over_threads(const Tensor& t, int64_t batch, int64_t L, int64_t groups) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && batch >= threads && L >= kMinColumnsPerSample && groups == 1 && t.scalar_type() == at::kFloat &&
+      cpu::has_fast_gemm();
+}
+
+// Runs body(sample, slot) for every sample, spread over the threads; `slot`
+// is the thread's scratch buffer (Scratch).
+template <typename Body>
+void for_each_sample(int64_t batch, const Body& body) {
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see for_each_chunk
+    for (int64_t s = begin; s < end; ++s) {
+      body(s, at::get_thread_num());
+    }
+  });
 }
 
 // --- entry points -----------------------------------------------------------
@@ -330,8 +376,21 @@ Tensor corr2d_cpu(
   const Tensor weight_groups = weight.view({groups, out_channels_per_group, rows_per_group});
   const Tensor bias_groups = has_bias ? bias_arg->contiguous().view({groups, out_channels_per_group, 1}) : Tensor();
 
-  const int64_t chunk_size = samples_per_chunk(g, input.size(0));
   const std::vector<int32_t> offsets = im2col_offsets(g);
+  if (samples_over_threads(input, input.size(0), L, groups)) {
+    const cpu::PackedLeft packed_weight(weight_groups[0]);
+    Scratch columns_scratch(g.column_rows() * L, input.options());
+    for_each_sample(input.size(0), [&](int64_t s, int slot) {
+      const Tensor cols = chunk_columns(input, g, offsets, Chunk{s, 1, slot}, columns_scratch);
+      Tensor out_s = output[s].view({out_channels, L});
+      if (has_bias) {
+        out_s.copy_(bias_groups[0].expand_as(out_s));
+      }
+      cpu::gemm(out_s, packed_weight, cols, /*accumulate=*/has_bias);
+    });
+    return output.contiguous(input_arg.suggest_memory_format());
+  }
+  const int64_t chunk_size = samples_per_chunk(g, input.size(0));
   Scratch columns_scratch(g.column_rows() * chunk_size * L, input.options());
   Scratch result_scratch(out_channels * chunk_size * L, input.options());
   // out_k = bias_k + weight_k @ cols_k, for group k.
@@ -401,8 +460,24 @@ Tensor corr2d_backward_input_cpu(
   // weight_gᵀ: [rows_per_group, out_channels_per_group]
   const Tensor weight_t = weight.view({groups, out_channels_per_group, rows_per_group}).transpose(1, 2);
 
-  const int64_t chunk_size = samples_per_chunk(g, input_size[0]);
   const std::vector<int32_t> offsets = im2col_offsets(g);
+  if (samples_over_threads(grad_output, input_size[0], L, groups)) {
+    const cpu::PackedLeft packed_weight_t(weight_t[0]);
+    Scratch columns_scratch(g.column_rows() * L, grad_output.options());
+    for_each_sample(input_size[0], [&](int64_t s, int slot) {
+      const Tensor grad_out_s = grad_output[s].view({out_channels, L});
+      if (g.columns_are_input()) {  // the GEMM gives the input's gradient directly
+        Tensor dst = grad_input[s].view({g.column_rows(), L});
+        cpu::gemm(dst, packed_weight_t, grad_out_s, /*accumulate=*/false);
+        return;
+      }
+      Tensor cols = columns_scratch.matrix(slot, g.column_rows(), L);
+      cpu::gemm(cols, packed_weight_t, grad_out_s, /*accumulate=*/false);
+      fold_columns(cols, L, g, offsets, grad_input[s]);
+    });
+    return grad_input.contiguous(grad_output_arg.suggest_memory_format());
+  }
+  const int64_t chunk_size = samples_per_chunk(g, input_size[0]);
   Scratch columns_scratch(g.column_rows() * chunk_size * L, grad_output.options());
   Scratch grad_output_scratch(out_channels * chunk_size * L, grad_output.options());
   for_each_chunk(input_size[0], chunk_size, [&](const Chunk& chunk) {
@@ -436,18 +511,9 @@ Tensor corr2d_backward_input_cpu(
         cpu::gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
       }
     }
-    AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "pycnn_col2im", [&] {
-      const int64_t sample_elements = g.channels * g.in_h * g.in_w;
-      for (int64_t s = 0; s < chunk.size; ++s) {
-        const scalar_t* src = cols.const_data_ptr<scalar_t>() + s * L;
-        scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>() + (chunk.first + s) * sample_elements;
-        if (offsets.empty()) {
-          col2im<scalar_t>(src, width, g, dx);
-        } else {
-          col2im_table<scalar_t>(src, width, g, offsets.data(), dx);
-        }
-      }
-    });
+    for (int64_t s = 0; s < chunk.size; ++s) {
+      fold_columns(cols.narrow(1, s * L, L), width, g, offsets, grad_input[chunk.first + s]);
+    }
   });
   return grad_input.contiguous(grad_output_arg.suggest_memory_format());
 }

@@ -117,41 +117,51 @@ void pack_b(const float* b, int64_t rs, int64_t cs, int64_t depth, int64_t cols,
 }
 
 // c[0:rows, 0:cols] (+)= packed_a-strip @ packed_b-strip over `depth`: one tile,
-// rows <= kMR, cols <= kNR. `load` adds to what c holds.
+// rows <= kMR, cols <= 16 * kVectors. `load` adds to what c holds. kVectors
+// is 2 (a whole 32-column tile), or 1 for a last strip of at most 16 columns
+// (a 12x12 sample's 144 columns end in one): the half tile does half the
+// multiply-adds, where the whole one would add zeros for the other half.
+template <int kVectors>
 __attribute__((target("avx512f,fma"))) void micro_kernel(
     int64_t depth, const float* a, const float* b, float* c, int64_t ldc, int64_t rows, int64_t cols, bool load) {
-  __m512 acc[kMR][2];
+  __m512 acc[kMR][kVectors];
 #pragma GCC unroll 12
   for (int i = 0; i < kMR; ++i) {
-    acc[i][0] = _mm512_setzero_ps();
-    acc[i][1] = _mm512_setzero_ps();
+    for (int v = 0; v < kVectors; ++v) {
+      acc[i][v] = _mm512_setzero_ps();
+    }
   }
   for (int64_t p = 0; p < depth; ++p) {
-    const __m512 b0 = _mm512_loadu_ps(b);
-    const __m512 b1 = _mm512_loadu_ps(b + 16);
+    __m512 bv[kVectors];
+    for (int v = 0; v < kVectors; ++v) {
+      bv[v] = _mm512_loadu_ps(b + 16 * v);
+    }
 #pragma GCC unroll 12
     for (int i = 0; i < kMR; ++i) {
       const __m512 ai = _mm512_set1_ps(a[i]);
-      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+      for (int v = 0; v < kVectors; ++v) {
+        acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+      }
     }
     a += kMR;
     b += kNR;
   }
-  const __mmask16 left = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
-  const __mmask16 right = cols >= 32 ? __mmask16(0xFFFF) : cols > 16 ? __mmask16((1u << (cols - 16)) - 1) : 0;
+  __mmask16 mask[kVectors];
+  for (int v = 0; v < kVectors; ++v) {
+    const int64_t width = std::clamp<int64_t>(cols - 16 * v, 0, 16);
+    mask[v] = width == 16 ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
+  }
 #pragma GCC unroll 12
   for (int i = 0; i < kMR; ++i) {
     if (i < rows) {
       float* row = c + i * ldc;
-      __m512 lo = acc[i][0];
-      __m512 hi = acc[i][1];
-      if (load) {
-        lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(left, row));
-        hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(right, row + 16));
+      for (int v = 0; v < kVectors; ++v) {
+        __m512 sum = acc[i][v];
+        if (load) {
+          sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));
+        }
+        _mm512_mask_storeu_ps(row + 16 * v, mask[v], sum);
       }
-      _mm512_mask_storeu_ps(row, left, lo);
-      _mm512_mask_storeu_ps(row + 16, right, hi);
     }
   }
 }
@@ -170,10 +180,30 @@ Buffers& thread_buffers() {
   return buffers;
 }
 
+// The left operand of one product: a matrix that is packed block by block as
+// the product goes, or one packed beforehand (PackedLeft: every KC block of
+// depth in turn, each the strips of all `padded_rows` rows), of which the
+// product uses the rows from `row0`.
+struct Left {
+  const float* a;
+  int64_t rs, cs;
+  const float* packed;
+  int64_t padded_rows, row0;
+
+  // The packed MC x KC block at rows [ic, ic + mc) and depth [pc, pc + kc).
+  const float* block(int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* buffer) const {
+    if (packed != nullptr) {
+      return packed + pc * padded_rows + (row0 + ic) * kc;
+    }
+    pack_a(a + ic * rs + pc * cs, rs, cs, mc, kc, buffer);
+    return buffer;
+  }
+};
+
 // c[M, N] (+)= a[M, K] @ b[K, N] on the calling thread.
 void gemm_serial(
-    int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t b_rs,
-    int64_t b_cs, float* c, int64_t ldc, bool accumulate) {
+    int64_t M, int64_t N, int64_t K, const Left& a, const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t ldc,
+    bool accumulate) {
   Buffers& buffers = thread_buffers();
   if (K == 0) {
     if (!accumulate) {
@@ -191,12 +221,14 @@ void gemm_serial(
       pack_b(b + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, buffers.b.data());
       for (int64_t ic = 0; ic < M; ic += kMC) {
         const int64_t mc = std::min(kMC, M - ic);
-        pack_a(a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc, buffers.a.data());
+        const float* packed_a = a.block(ic, mc, pc, kc, buffers.a.data());
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           for (int64_t ir = 0; ir < mc; ir += kMR) {
-            micro_kernel(
-                kc, buffers.a.data() + ir * kc, buffers.b.data() + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
-                std::min(kMR, mc - ir), std::min(kNR, nc - jr), load);
+            const int64_t cols = std::min(kNR, nc - jr);
+            const auto kernel = cols > 16 ? micro_kernel<2> : micro_kernel<1>;
+            kernel(
+                kc, packed_a + ir * kc, buffers.b.data() + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
+                std::min(kMR, mc - ir), cols, load);
           }
         }
       }
@@ -228,31 +260,43 @@ bool has_fast_gemm() {
 #endif
 }
 
-void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  // A product with few rows of a or a short depth (a depthwise or per-group
-  // convolution: 1 x 9 weights) is mostly packing here; BLAS's matrix-vector
-  // paths are faster for it.
-  const bool worth_packing = a.size(0) >= kMinRows && a.size(1) >= kMinDepth;
-  const bool ours = worth_packing && has_fast_gemm() && out.scalar_type() == at::kFloat &&
-      a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && out.stride(1) == 1;
-  if (!ours) {
-    if (accumulate) {
-      out.addmm_(a, b);
-    } else {
-      at::mm_out(out, a, b);
-    }
-    return;
+namespace {
+
+// Whether gemm() runs pycnn's kernel for a left operand a: a product with
+// few rows of a or a short depth (a depthwise or per-group convolution: 1 x 9
+// weights) is mostly packing here; BLAS's matrix-vector paths are faster.
+bool ours_for_left(const at::Tensor& a) {
+  return a.size(0) >= kMinRows && a.size(1) >= kMinDepth && has_fast_gemm() && a.scalar_type() == at::kFloat;
+}
+
+bool ours_for_rest(const at::Tensor& out, const at::Tensor& b) {
+  return out.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && out.stride(1) == 1;
+}
+
+void aten_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
   }
+}
+
 #ifdef PYCNN_HAVE_AVX512_GEMM
+// out (+)= a @ b with pycnn's kernel, over every thread when called outside a
+// parallel region. `packed`: a packed beforehand (PackedLeft), or null.
+void run_gemm(
+    at::Tensor& out, const at::Tensor& a, const float* packed, int64_t padded_rows, const at::Tensor& b,
+    bool accumulate) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   const float* pa = a.const_data_ptr<float>();
   const float* pb = b.const_data_ptr<float>();
   float* pc = out.mutable_data_ptr<float>();
   const int64_t ldc = out.stride(0);
   const auto run = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const Left left{pa + m0 * a.stride(0), a.stride(0), a.stride(1), packed, padded_rows, m0};
     gemm_serial(
-        m1 - m0, n1 - n0, K, pa + m0 * a.stride(0), a.stride(0), a.stride(1), pb + n0 * b.stride(1), b.stride(0),
-        b.stride(1), pc + m0 * ldc + n0, ldc, accumulate);
+        m1 - m0, n1 - n0, K, left, pb + n0 * b.stride(1), b.stride(0), b.stride(1), pc + m0 * ldc + n0, ldc,
+        accumulate);
   };
   const int64_t threads = at::get_num_threads();
   if (threads <= 1 || at::in_parallel_region() || M * N * K < kMinParallelWork) {
@@ -271,6 +315,44 @@ void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumu
       run(begin * kMR, std::min(M, end * kMR), 0, N);
     });
   }
+}
+#endif
+
+}  // namespace
+
+void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (!ours_for_left(a) || !ours_for_rest(out, b)) {
+    aten_gemm(out, a, b, accumulate);
+    return;
+  }
+#ifdef PYCNN_HAVE_AVX512_GEMM
+  run_gemm(out, a, nullptr, 0, b, accumulate);
+#endif
+}
+
+PackedLeft::PackedLeft(const at::Tensor& a) : a_(a) {
+#ifdef PYCNN_HAVE_AVX512_GEMM
+  if (!ours_for_left(a)) {
+    return;
+  }
+  const int64_t M = a.size(0), K = a.size(1);
+  padded_rows_ = (M + kMR - 1) / kMR * kMR;
+  packed_.resize(padded_rows_ * K);
+  const float* pa = a.const_data_ptr<float>();
+  for (int64_t pc = 0; pc < K; pc += kKC) {
+    pack_a(
+        pa + pc * a.stride(1), a.stride(0), a.stride(1), M, std::min(kKC, K - pc), packed_.data() + pc * padded_rows_);
+  }
+#endif
+}
+
+void gemm(at::Tensor& out, const PackedLeft& a, const at::Tensor& b, bool accumulate) {
+  if (a.packed_.empty() || !ours_for_rest(out, b)) {
+    gemm(out, a.a_, b, accumulate);
+    return;
+  }
+#ifdef PYCNN_HAVE_AVX512_GEMM
+  run_gemm(out, a.a_, a.packed_.data(), a.padded_rows_, b, accumulate);
 #endif
 }
 
