@@ -16,50 +16,91 @@
 namespace pycnn {
 namespace {
 
+// The cells' row and column ranges, computed once per call: the kernels
+// below run over many small planes (global pooling of 1024 channels of 3x3),
+// where working out each plane's ranges again (four integer divisions per
+// cell) cost more than the sums.
+struct Cells {
+  std::vector<int64_t> h0, h1, w0, w1;
+  bool global;  // one cell, the whole plane
+
+  explicit Cells(const AdaptiveAvgPool2dGeometry& g) : global(g.out_h == 1 && g.out_w == 1) {
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      h0.push_back(adaptive_start(oh, g.in_h, g.out_h));
+      h1.push_back(adaptive_end(oh, g.in_h, g.out_h));
+    }
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      w0.push_back(adaptive_start(ow, g.in_w, g.out_w));
+      w1.push_back(adaptive_end(ow, g.in_w, g.out_w));
+    }
+  }
+  int64_t area(int64_t oh, int64_t ow) const { return (h1[oh] - h0[oh]) * (w1[ow] - w0[ow]); }
+};
+
 template <typename scalar_t>
 void adaptive_avg_pool2d_forward_kernel(
     const scalar_t* input, scalar_t* output, int64_t planes, const AdaptiveAvgPool2dGeometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
+  const Cells cells(g);
+  const int64_t plane_size = g.in_h * g.in_w;
+  if (cells.global) {  // each plane's mean: one contiguous sum
+    at::parallel_for(0, planes, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* x = input + plane * plane_size;
+        acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < plane_size; ++i) {
+          sum += x[i];
+        }
+        output[plane] = static_cast<scalar_t>(sum / static_cast<acc_t>(plane_size));
+      }
+    });
+    return;
+  }
   at::parallel_for(0, planes * g.out_h, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t plane = task / g.out_h;
       const int64_t oh = task % g.out_h;
-      const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h);
-      const int64_t h1 = adaptive_end(oh, g.in_h, g.out_h);
-      const scalar_t* x = input + plane * g.in_h * g.in_w;
+      const scalar_t* x = input + plane * plane_size;
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w);
-        const int64_t w1 = adaptive_end(ow, g.in_w, g.out_w);
         acc_t sum = 0;
-        for (int64_t h = h0; h < h1; ++h) {
-          for (int64_t w = w0; w < w1; ++w) {
+        for (int64_t h = cells.h0[oh]; h < cells.h1[oh]; ++h) {
+          for (int64_t w = cells.w0[ow]; w < cells.w1[ow]; ++w) {
             sum += x[h * g.in_w + w];
           }
         }
-        output[task * g.out_w + ow] = static_cast<scalar_t>(sum / static_cast<acc_t>((h1 - h0) * (w1 - w0)));
+        output[task * g.out_w + ow] = static_cast<scalar_t>(sum / static_cast<acc_t>(cells.area(oh, ow)));
       }
     }
   });
 }
 
+// grad_input must be zero on entry.
 template <typename scalar_t>
 void adaptive_avg_pool2d_backward_kernel(
     const scalar_t* grad_output, scalar_t* grad_input, int64_t planes, const AdaptiveAvgPool2dGeometry& g) {
+  const Cells cells(g);
+  const int64_t plane_size = g.in_h * g.in_w;
+  if (cells.global) {  // each plane's gradient spread evenly over it
+    at::parallel_for(0, planes, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        std::fill_n(
+            grad_input + plane * plane_size, plane_size, grad_output[plane] / static_cast<scalar_t>(plane_size));
+      }
+    });
+    return;
+  }
   // Cells may overlap (when the sizes do not divide); each plane is written
   // by one task only.
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
-      scalar_t* dx = grad_input + plane * g.in_h * g.in_w;
+      scalar_t* dx = grad_input + plane * plane_size;
       const scalar_t* dy = grad_output + plane * g.out_h * g.out_w;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h);
-        const int64_t h1 = adaptive_end(oh, g.in_h, g.out_h);
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w);
-          const int64_t w1 = adaptive_end(ow, g.in_w, g.out_w);
-          const scalar_t share = dy[oh * g.out_w + ow] / static_cast<scalar_t>((h1 - h0) * (w1 - w0));
-          for (int64_t h = h0; h < h1; ++h) {
-            for (int64_t w = w0; w < w1; ++w) {
+          const scalar_t share = dy[oh * g.out_w + ow] / static_cast<scalar_t>(cells.area(oh, ow));
+          for (int64_t h = cells.h0[oh]; h < cells.h1[oh]; ++h) {
+            for (int64_t w = cells.w0[ow]; w < cells.w1[ow]; ++w) {
               dx[h * g.in_w + w] += share;
             }
           }
@@ -169,7 +210,11 @@ Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output_arg, const Ten
     return adaptive_avg_pool2d_backward_cpu(upcast(grad_output_arg), upcast(input)).to(input.scalar_type());
   }
   const auto format = input.suggest_memory_format();  // grad_input takes the input's, as native
-  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(format)).zero_();
+  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(format));
+  const bool global_planes = format != at::MemoryFormat::ChannelsLast && output_shape[2] == 1 && output_shape[3] == 1;
+  if (!global_planes) {  // the kernels add into grad_input; global pooling's writes every element
+    grad_input.zero_();
+  }
   if (grad_output_arg.numel() == 0) {
     return grad_input;
   }
