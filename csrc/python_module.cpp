@@ -2,15 +2,21 @@
 // Importing it loads the shared library, whose static initialisers register
 // the operators (csrc/pycnn.cpp) and their kernels.
 //
-// It also holds every operator's Autograd kernel. The derivatives themselves
-// are Python (pycnn/_autograd.py: reverse and forward mode at any order, and
-// torch.func's transforms), registered here by _set_autograd_kernel. What this
-// C++ kernel adds is the call that needs no derivative -- no input requires
-// grad (torch.no_grad, inference, the backward formulas' own operator calls),
-// no forward-mode tangent, no torch.func transform -- which goes straight to
-// the kernels below autograd, without the few microseconds of a Python call
-// (python -m pycnn.bench overhead). Every other call runs the Python kernel
-// exactly as a torch.library registration would.
+// It also holds every operator's Autograd kernel, which sends each call
+// where it is cheapest and still exact:
+// - a call that needs no derivative -- no input requires grad (torch.no_grad,
+//   inference, the backward formulas' own operator calls), no forward-mode
+//   tangent, no torch.func transform -- goes straight to the kernels below
+//   autograd;
+// - a forward operator's call that needs reverse mode alone (a training step)
+//   is recorded by a C++ node (first_order_autograd.cpp);
+// - every other call -- forward mode, torch.func's transforms, the backward
+//   operators' calls when a derivative of a derivative is asked for -- runs
+//   the Python derivatives of pycnn/_autograd.py (reverse and forward mode at
+//   any order), registered here by _set_autograd_kernel, exactly as a
+//   torch.library registration would.
+// The first two skip the few microseconds of a Python call each (python -m
+// pycnn.bench overhead).
 //
 // Only the Python extension has this file: the LibTorch library of
 // CMakeLists.txt (no Python) registers no Autograd kernel, as before.
@@ -23,6 +29,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "first_order_autograd.h"
+
 namespace pycnn {
 namespace {
 
@@ -33,43 +41,65 @@ std::unordered_map<std::string, py::object>& python_kernels() {
   return *kernels;
 }
 
-// Whether this call must be recorded by autograd or a torch.func transform.
-bool needs_derivatives(const torch::jit::Stack& stack, size_t first, size_t count) {
+// What a call must be recorded for.
+struct Derivatives {
+  bool transform = false;      // a torch.func transform is active
+  bool reverse = false;        // grad mode is on and an input requires grad
+  bool forward_mode = false;   // an input carries a forward-mode tangent
+  bool any() const { return transform || reverse || forward_mode; }
+};
+
+Derivatives derivatives_needed(const torch::jit::Stack& stack, size_t first, size_t count) {
+  Derivatives needed;
   // torch.func's transforms keep their dispatch keys in the thread's
   // included set while any transform is active.
   if (c10::impl::tls_local_dispatch_key_set().included_.has(c10::DispatchKey::FuncTorchDynamicLayerBackMode)) {
-    return true;
+    needed.transform = true;
+    return needed;
   }
   const bool grad_mode = at::GradMode::is_enabled();
-  const auto differentiated = [&](const at::Tensor& t) {
-    return t.defined() && ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
+  const auto look_at = [&](const at::Tensor& t) {
+    if (t.defined()) {
+      needed.reverse = needed.reverse || (grad_mode && t.requires_grad());
+      needed.forward_mode = needed.forward_mode || t._fw_grad(/*level=*/0).defined();
+    }
   };
   for (size_t i = first; i < first + count; ++i) {
     const c10::IValue& value = stack[i];
-    if (value.isTensor() && differentiated(value.toTensor())) {
-      return true;
-    }
-    if (value.isTensorList()) {
+    if (value.isTensor()) {
+      look_at(value.toTensor());
+    } else if (value.isTensorList()) {
       for (const at::Tensor& t : value.toTensorList().vec()) {
-        if (differentiated(t)) {
-          return true;
-        }
+        look_at(t);
       }
     }
   }
-  return false;
+  return needed;
+}
+
+std::string operator_name(const c10::FunctionSchema& schema) {
+  const std::string& name = schema.operator_name().name;
+  return name.substr(name.find("::") + 2);
 }
 
 void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const size_t count = schema.arguments().size();
   const size_t first = stack->size() - count;
-  if (!needs_derivatives(*stack, first, count)) {
+  const Derivatives needed = derivatives_needed(*stack, first, count);
+  if (!needed.any()) {
     const at::AutoDispatchBelowAutograd below_autograd;
     op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
     return;
   }
-  const std::string name = schema.operator_name().name.substr(schema.operator_name().name.find("::") + 2);
+  const std::string name = operator_name(schema);
+  if (!needed.transform && !needed.forward_mode) {
+    // Reverse mode alone, a forward operator: its C++ node (first_order_autograd.cpp).
+    if (const FirstOrderKernel kernel = first_order_kernel(name)) {
+      kernel(stack);
+      return;
+    }
+  }
   py::gil_scoped_acquire gil;
   const auto found = python_kernels().find(name);
   TORCH_CHECK(

@@ -1,12 +1,16 @@
 """The C++ Autograd kernel of every operator (csrc/python_module.cpp).
 
 A call that needs no derivative runs the kernels below autograd straight from
-C++; every other call runs the Python derivatives of pycnn/_autograd.py. The
-tests below check the line between the two: each kind of call that must be
-recorded (an input requiring grad, a forward-mode tangent on any input, a
-torch.func transform) still is, and the calls that need nothing give the same
-values, without a graph.
+C++; a forward operator's call that needs reverse mode alone is recorded by a
+C++ node (csrc/first_order_autograd.cpp); every other call runs the Python
+derivatives of pycnn/_autograd.py. The tests below check the lines between
+the three: each kind of call that must be recorded (an input requiring grad, a
+forward-mode tangent on any input, a torch.func transform) still is, by the
+node meant for it, with native's gradients, and the calls that need nothing
+give the same values, without a graph.
 """
+import itertools
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -94,6 +98,86 @@ def test_torch_func_transforms_are_recorded():
     torch.testing.assert_close(per_sample(x[:, None]), torch.func.vmap(torch.func.grad(g))(x[:, None]))
     tangent = (torch.ones_like(x),)
     torch.testing.assert_close(torch.func.jvp(f, (x,), tangent)[1], torch.func.jvp(g, (x,), tangent)[1])
+
+
+def _recorded_by(tensor):
+    name = tensor.grad_fn.name()
+    return "C++" if name.startswith("torch::autograd::CppNode<pycnn::") else name
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_reverse_mode_alone_is_recorded_in_cpp_and_the_rest_in_python(name):
+    ours, _ = CALLS[name]
+    x, w = _inputs(requires_grad=True)
+    assert _recorded_by(ours(x, w)) == "C++"
+    with fwAD.dual_level():  # a tangent too: the Python function, which has the jvp
+        y = ours(fwAD.make_dual(x, torch.ones_like(x)), w)
+        assert _recorded_by(y) == f"pycnn_{name}_derivativesBackward"
+    # With create_graph, the C++ node's backward calls the backward operator, whose call is
+    # recorded by its Python function (which has its derivatives).
+    (gx,) = torch.autograd.grad((ours(x, w) ** 2).sum(), x, create_graph=True)
+    backward_operator = "corr2d_backward_input" if name == "corr2d" else f"{name}_backward"
+    assert f"pycnn_{backward_operator}_derivativesBackward" in _graph_names(gx.grad_fn)
+
+
+def _graph_names(node):
+    """The names of every node of an autograd graph."""
+    names, stack, seen = set(), [node], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def _grads(f, tensors, wanted):
+    """Gradients of (f(*tensors) ** 2).sum() in the tensors whose flag in wanted is set."""
+    leaves = [t.detach().requires_grad_(want) if t is not None else None for t, want in zip(tensors, wanted)]
+    output = f(*leaves)
+    return torch.autograd.grad((output**2).sum(), [t for t, want in zip(leaves, wanted) if want])
+
+
+def _some_tensors_optional(count):
+    """Every choice of which of `count` tensors requires grad, none excepted."""
+    return [mask for mask in itertools.product([False, True], repeat=count) if any(mask)]
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_corr2d_cpp_gradients_for_every_subset_of_inputs(with_bias):
+    x, w = _inputs()
+    b = torch.randn(4, dtype=torch.float64) if with_bias else None
+    tensors = (x, w, b) if with_bias else (x, w)
+    for wanted in _some_tensors_optional(len(tensors)):
+        ours = _grads(lambda *t: P.conv2d(*t, stride=2, padding=1), tensors, wanted)
+        native = _grads(lambda *t: F.conv2d(*t, stride=2, padding=1), tensors, wanted)
+        torch.testing.assert_close(ours, native)
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("affine", ["none", "weight", "bias", "both"])
+def test_batch_norm_cpp_gradients_for_every_optional_argument(training, affine):
+    """weight or bias may be None, which shifts the position of the other among the node's inputs."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64)
+    weight = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5 if affine in ("weight", "both") else None
+    bias = torch.randn(3, generator=gen, dtype=torch.float64) if affine in ("bias", "both") else None
+    mean, var = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    tensors = [t for t in (x, weight, bias) if t is not None]
+
+    def call(module):
+        def f(*leaves):
+            leaves = iter(leaves)
+            x_ = next(leaves)
+            w_ = next(leaves) if weight is not None else None
+            b_ = next(leaves) if bias is not None else None
+            return module.batch_norm(x_, mean.clone(), var.clone(), w_, b_, training=training)
+        return f
+
+    for wanted in _some_tensors_optional(len(tensors)):
+        torch.testing.assert_close(_grads(call(P), tensors, wanted), _grads(call(F), tensors, wanted))
 
 
 def test_errors_of_the_kernels_come_through_both_paths():
