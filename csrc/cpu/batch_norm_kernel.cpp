@@ -89,10 +89,10 @@ ChannelGradient<scalar_t> channel_gradient(
 }
 
 // --- the backward's loops over one row (a sample's plane of one channel) ----
-// The float versions are compiled twice, for AVX-512 (x86-64-v4) and for any
-// x86-64, and the CPU picks one when the library loads (GCC's target_clones):
-// the sums widen every value to double, and SSE2's two double lanes made the
-// backward twice as slow as native's.
+// The float versions are compiled three times, for AVX-512 (x86-64-v4), AVX2
+// (x86-64-v3) and any x86-64, and the CPU picks one when the library loads
+// (GCC's target_clones): the sums widen every value to double, and SSE2's two
+// double lanes made the backward twice as slow as native's.
 
 // sum_dy += Σ g, dot += Σ g·(x - mean), in double.
 // (always_inline: so that each clone below compiles the loop for its target.)
@@ -130,11 +130,11 @@ void input_gradient_row(
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void add_gradient_sums_float(
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void add_gradient_sums_float(
     const float* g, const float* x, float mean, int64_t n, double& sum_dy, double& dot) {
   add_gradient_sums_loop<float>(g, x, mean, n, sum_dy, dot);
 }
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void input_gradient_row_float(
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void input_gradient_row_float(
     const float* g, const float* x, float* dx, int64_t n, const ChannelGradient<float>& k) {
   input_gradient_row_loop<float>(g, x, dx, n, k);
 }

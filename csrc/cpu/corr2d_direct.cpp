@@ -61,16 +61,19 @@ constexpr int64_t kMinTaskWork = 1 << 15;
 
 // --- vector primitives ------------------------------------------------------
 //
-// 64-byte vectors of GCC's vector extension: one AVX-512 register, or what
-// the compiler makes of them on another target. The float versions are
-// compiled twice, for AVX-512 (x86-64-v4) and for any x86-64, and the CPU
-// picks one when the library loads (GCC's target_clones), so that pycnn still
-// runs on any x86-64 CPU.
+// Vectors of GCC's vector extension, kBytes wide: 64 (one AVX-512
+// register), 32 (AVX2) or 16 (SSE2). The float loops are compiled three
+// times, each for its instruction set and with vectors of its register width
+// (a 64-byte vector on AVX2 is two registers, and the blocks of accumulators
+// below would no longer fit in the 16 registers: the loops spilled to the
+// stack and ran 13-22 times slower than native's), and the CPU's own is
+// picked once (accumulate_taps<float>), so that pycnn runs on any x86-64 CPU.
+// The buffers are laid out for the widest (Vec<T>::kLanes).
 
-template <typename T>
+template <typename T, int kBytes = 64>
 struct Vec {
-  typedef T type __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / sizeof(T);
+  typedef T type __attribute__((vector_size(kBytes)));
+  static constexpr int64_t kLanes = kBytes / sizeof(T);
   __attribute__((always_inline)) static type load(const T* p) {
     type v;
     std::memcpy(&v, p, sizeof v);
@@ -83,12 +86,12 @@ struct Vec {
 // vectors of each at a time, as far as whole blocks go (returns where they
 // end): the K * P accumulators stay in registers while the loop runs through
 // the taps, and each vector loaded from src serves all K outputs.
-template <typename T, int K, int P>
+template <typename T, int kBytes, int K, int P>
 __attribute__((always_inline)) inline int64_t accumulate_span(
     T* __restrict dst, int64_t dst_stride, const T* __restrict init, const T* __restrict src,
     const int64_t* __restrict offsets, const T* __restrict weights, int64_t weight_stride, int64_t taps, int64_t l0,
     int64_t n) {
-  using V = Vec<T>;
+  using V = Vec<T, kBytes>;
   constexpr int64_t L = V::kLanes;
   int64_t l = l0;
   for (; l + P * L <= n; l += P * L) {
@@ -122,45 +125,46 @@ __attribute__((always_inline)) inline int64_t accumulate_span(
 }
 
 // Outputs [0, K): blocks of P vectors, then single vectors for the rest.
-template <typename T, int K, int P>
+template <typename T, int kBytes, int K, int P>
 __attribute__((always_inline)) inline void accumulate_block(
     T* dst, int64_t dst_stride, const T* init, const T* src, const int64_t* offsets, const T* weights,
     int64_t weight_stride, int64_t taps, int64_t n) {
   const int64_t done =
-      accumulate_span<T, K, P>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, 0, n);
-  accumulate_span<T, K, 1>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, done, n);
+      accumulate_span<T, kBytes, K, P>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, 0, n);
+  accumulate_span<T, kBytes, K, 1>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, done, n);
 }
 
 // For each output k < outputs: dst[k * dst_stride + l] = init[k] + the sum
 // over taps t of weights[k * weight_stride + t] * src[offsets[t] + l], for l
-// in [0, n); n is a multiple of Vec<T>::kLanes. Outputs go four, two or one
-// at a time.
-template <typename T>
+// in [0, n); n is a multiple of Vec<T, kBytes>::kLanes. Outputs go four, two
+// or one at a time (4 x 2 accumulators, two vectors loaded, one weight
+// broadcast: 11 registers).
+template <typename T, int kBytes = 64>
 __attribute__((always_inline)) inline void accumulate_taps_loop(
     T* dst, int64_t dst_stride, const T* init, const T* src, const int64_t* offsets, const T* weights,
     int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
   int64_t k = 0;
   for (; k + 4 <= outputs; k += 4) {
-    accumulate_block<T, 4, 2>(
+    accumulate_block<T, kBytes, 4, 2>(
         dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps, n);
   }
   for (; k + 2 <= outputs; k += 2) {
-    accumulate_block<T, 2, 2>(
+    accumulate_block<T, kBytes, 2, 2>(
         dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps, n);
   }
   for (; k < outputs; ++k) {
-    accumulate_block<T, 1, 4>(
+    accumulate_block<T, kBytes, 1, 4>(
         dst + k * dst_stride, dst_stride, init + k, src, offsets, weights + k * weight_stride, weight_stride, taps, n);
   }
 }
 
 // Outputs [0, K) of dot_taps_loop below: four taps at a time, so that each
 // vector loaded from src serves K outputs and each loaded from a four taps.
-template <typename T, int K>
+template <typename T, int kBytes, int K>
 __attribute__((always_inline)) inline void dot_block(
     const T* __restrict a, int64_t a_stride, const T* __restrict src, const int64_t* __restrict offsets, int64_t taps,
     int64_t n, T* __restrict out, int64_t out_stride) {
-  using V = Vec<T>;
+  using V = Vec<T, kBytes>;
   constexpr int64_t L = V::kLanes;
   for (int64_t t0 = 0; t0 < taps; t0 += 4) {
     const int64_t count = std::min<int64_t>(4, taps - t0);
@@ -202,20 +206,23 @@ __attribute__((always_inline)) inline void dot_block(
 
 // For each output k < outputs and tap t < taps: out[k * out_stride + t] =
 // the sum over l < n of a[k * a_stride + l] * src[offsets[t] + l]; n is a
-// multiple of Vec<T>::kLanes. Outputs go four, two or one at a time.
-template <typename T>
+// multiple of Vec<T, kBytes>::kLanes. Outputs go kMaxK (4 x 4 accumulators,
+// five vectors loaded: 21 registers, for AVX-512's 32), two or one at a time.
+template <typename T, int kBytes = 64, int kMaxK = 4>
 __attribute__((always_inline)) inline void dot_taps_loop(
     const T* a, int64_t a_stride, const T* src, const int64_t* offsets, int64_t taps, int64_t outputs, int64_t n,
     T* out, int64_t out_stride) {
   int64_t k = 0;
-  for (; k + 4 <= outputs; k += 4) {
-    dot_block<T, 4>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+  if constexpr (kMaxK >= 4) {
+    for (; k + 4 <= outputs; k += 4) {
+      dot_block<T, kBytes, 4>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+    }
   }
   for (; k + 2 <= outputs; k += 2) {
-    dot_block<T, 2>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+    dot_block<T, kBytes, 2>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
   }
   for (; k < outputs; ++k) {
-    dot_block<T, 1>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+    dot_block<T, kBytes, 1>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
   }
 }
 
@@ -223,37 +230,83 @@ template <typename T>
 inline void accumulate_taps(
     T* dst, int64_t dst_stride, const T* init, const T* src, const int64_t* offsets, const T* weights,
     int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
-  accumulate_taps_loop<T>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
+  // Compiled for any x86-64 (float64): SSE2's register width (see Vec).
+  accumulate_taps_loop<T, 16>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
 }
 template <typename T>
 inline void dot_taps(
     const T* a, int64_t a_stride, const T* src, const int64_t* offsets, int64_t taps, int64_t outputs, int64_t n,
     T* out, int64_t out_stride) {
-  dot_taps_loop<T>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+  dot_taps_loop<T, 16, 2>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void accumulate_taps_float(
+// The float loops for each instruction set (see Vec): AVX-512 with 64-byte
+// vectors; AVX2 + FMA and SSE2 (any x86-64) with their own register widths,
+// and two outputs at a time in dot_taps (4 x 4 accumulators would not fit in
+// 16 registers).
+__attribute__((target("arch=x86-64-v4"))) void accumulate_taps_avx512(
     float* dst, int64_t dst_stride, const float* init, const float* src, const int64_t* offsets, const float* weights,
     int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
-  accumulate_taps_loop<float>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
+  accumulate_taps_loop<float, 64>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
 }
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void dot_taps_float(
+__attribute__((target("arch=x86-64-v3"))) void accumulate_taps_avx2(
+    float* dst, int64_t dst_stride, const float* init, const float* src, const int64_t* offsets, const float* weights,
+    int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
+  accumulate_taps_loop<float, 32>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
+}
+void accumulate_taps_sse2(
+    float* dst, int64_t dst_stride, const float* init, const float* src, const int64_t* offsets, const float* weights,
+    int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
+  accumulate_taps_loop<float, 16>(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
+}
+__attribute__((target("arch=x86-64-v4"))) void dot_taps_avx512(
     const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
     int64_t n, float* out, int64_t out_stride) {
-  dot_taps_loop<float>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+  dot_taps_loop<float, 64, 4>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
 }
+__attribute__((target("arch=x86-64-v3"))) void dot_taps_avx2(
+    const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
+    int64_t n, float* out, int64_t out_stride) {
+  dot_taps_loop<float, 32, 2>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+}
+void dot_taps_sse2(
+    const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
+    int64_t n, float* out, int64_t out_stride) {
+  dot_taps_loop<float, 16, 2>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+}
+
+// The widest instruction set of this CPU that the loops are compiled for.
+enum class Isa { kSse2, kAvx2, kAvx512 };
+Isa cpu_isa() {
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl")) {
+      return Isa::kAvx512;
+    }
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? Isa::kAvx2 : Isa::kSse2;
+  }();
+  return isa;
+}
+
 template <>
 inline void accumulate_taps<float>(
     float* dst, int64_t dst_stride, const float* init, const float* src, const int64_t* offsets, const float* weights,
     int64_t weight_stride, int64_t taps, int64_t outputs, int64_t n) {
-  accumulate_taps_float(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
+  static const auto loop = cpu_isa() == Isa::kAvx512 ? &accumulate_taps_avx512
+      : cpu_isa() == Isa::kAvx2                      ? &accumulate_taps_avx2
+                                                     : &accumulate_taps_sse2;
+  loop(dst, dst_stride, init, src, offsets, weights, weight_stride, taps, outputs, n);
 }
 template <>
 inline void dot_taps<float>(
     const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
     int64_t n, float* out, int64_t out_stride) {
-  dot_taps_float(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+  static const auto loop = cpu_isa() == Isa::kAvx512 ? &dot_taps_avx512
+      : cpu_isa() == Isa::kAvx2                      ? &dot_taps_avx2
+                                                     : &dot_taps_sse2;
+  loop(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
 }
 #endif
 
@@ -492,26 +545,30 @@ void backward_input(const T* dy, const T* w, const Planes<T>& p, T* dx, int64_t 
 
 // --- backward: weight -------------------------------------------------------
 
-// One block of up to kOutputBlock output channels of one group per task, so
-// that no two threads write one weight (and an ungrouped layer still has
-// tasks for every thread); each task sums over the whole batch.
-constexpr int64_t kOutputBlock = 8;
-
+// A block of output channels of one group per task, so that no two threads
+// write one weight; each task sums over the whole batch, and splits every
+// input plane of its group into phases for every sample, so a group is cut
+// into as few blocks as keep every thread busy: one where there are groups
+// enough, else one a thread (an ungrouped 32-channel layer on two threads:
+// two blocks of 16, where blocks of 8 made each thread split the input twice).
 template <typename T>
 void backward_weight(const T* dy, const T* x, const Planes<T>& p, T* dw, int64_t batch) {
   const Corr2dGeometry& g = p.g;
   const int64_t out_channels = p.out_per_group * p.groups;
   const int64_t group_taps = p.channels_per_group * p.taps;
-  const int64_t blocks = (p.out_per_group + kOutputBlock - 1) / kOutputBlock;  // per group
+  const int64_t threads = at::get_num_threads();
+  const int64_t wanted_blocks = std::clamp<int64_t>((threads + p.groups - 1) / p.groups, 1, p.out_per_group);
+  const int64_t block_size = (p.out_per_group + wanted_blocks - 1) / wanted_blocks;
+  const int64_t blocks = (p.out_per_group + block_size - 1) / block_size;  // per group
   const int64_t grain = std::max<int64_t>(1, group_grain(p) * blocks / std::max<int64_t>(1, batch));
   at::parallel_for(0, p.groups * blocks, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> phases(p.channels_per_group * p.phases_size, T(0));
-    std::vector<T> grad_wide(kOutputBlock * p.wide_size, T(0));
-    std::vector<T> sums(kOutputBlock * p.taps);
+    std::vector<T> grad_wide(block_size * p.wide_size, T(0));
+    std::vector<T> sums(block_size * p.taps);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / blocks;
-      const int64_t first_out = group * p.out_per_group + task % blocks * kOutputBlock;
-      const int64_t outputs = std::min(kOutputBlock, (group + 1) * p.out_per_group - first_out);
+      const int64_t first_out = group * p.out_per_group + task % blocks * block_size;
+      const int64_t outputs = std::min(block_size, (group + 1) * p.out_per_group - first_out);
       std::fill(dw + first_out * group_taps, dw + (first_out + outputs) * group_taps, T(0));
       for (int64_t n = 0; n < batch; ++n) {
         for (int64_t c = 0; c < p.channels_per_group; ++c) {
