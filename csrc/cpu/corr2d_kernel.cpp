@@ -1,5 +1,5 @@
 // corr2d on the CPU: im2col, then one GEMM per group (gemm.h: pycnn's own
-// AVX-512 kernel where the CPU has it, else ATen's BLAS); grouped
+// AVX-512 or AVX2 kernel where the CPU has one, else ATen's BLAS); grouped
 // convolutions with few channels per group, and layers with few output
 // channels on mid-sized maps, run direct loops instead (corr2d_direct.h,
 // use_direct_corr2d).

@@ -15,7 +15,12 @@
 // copy, and the blocks fit the caches: a KC x NR strip of b (32 KB) in L1, an
 // MC x KC block of a (96 KB) in L2.
 //
-// The AVX-512 code is compiled for that target function by function
+// On a CPU with AVX2 and FMA but not AVX-512, the same packed strips go to
+// an AVX2 micro-kernel that computes each 12 x 32 tile as four 6 x 16
+// sub-tiles (12 accumulators in the 16 registers); ATen's MKL reached 23-47
+// GFLOP/s on such a machine (BENCHMARKS.md).
+//
+// The vector code is compiled for its target function by function
 // (__attribute__((target))), so the rest of pycnn still runs on any x86-64
 // CPU; has_fast_gemm() asks the CPU at run time.
 #include "gemm.h"
@@ -28,7 +33,7 @@
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define PYCNN_HAVE_AVX512_GEMM 1
+#define PYCNN_HAVE_X86_GEMM 1
 #include <immintrin.h>
 #endif
 
@@ -49,7 +54,7 @@ constexpr int64_t kMinDepth = 16;
 // Below this many multiply-adds, splitting a product over threads costs more than it saves.
 constexpr int64_t kMinParallelWork = 1 << 18;
 
-#ifdef PYCNN_HAVE_AVX512_GEMM
+#ifdef PYCNN_HAVE_X86_GEMM
 
 // packed[p * kMR + i] = a(row0 + i, col0 + p), zero below the last row, for
 // each strip of kMR rows: the strips follow each other.
@@ -80,18 +85,50 @@ void pack_a(const float* a, int64_t rs, int64_t cs, int64_t rows, int64_t depth,
   }
 }
 
+// packed[p * kNR + j] = b(p, j) for p < 8, j < 8, where column j of b is
+// contiguous (b(p, j) = b[j * cs + p]): eight loads, an 8 x 8 transpose in
+// registers, eight stores.
+__attribute__((target("avx2"))) void transpose_8x8(const float* b, int64_t cs, float* packed) {
+  __m256 r[8];
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm256_loadu_ps(b + j * cs);  // column j: b(0..7, j)
+  }
+  __m256 t[8], u[8];
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  for (int j = 0; j < 8; j += 4) {
+    u[j] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int p = 0; p < 4; ++p) {
+    _mm256_storeu_ps(packed + p * kNR, _mm256_permute2f128_ps(u[p], u[p + 4], 0x20));
+    _mm256_storeu_ps(packed + (p + 4) * kNR, _mm256_permute2f128_ps(u[p], u[p + 4], 0x31));
+  }
+}
+
 // packed[p * kNR + j] = b(row0 + p, col0 + j), zero right of the last column,
 // for each strip of kNR columns.
 void pack_b(const float* b, int64_t rs, int64_t cs, int64_t depth, int64_t cols, float* packed) {
   for (int64_t strip = 0; strip < cols; strip += kNR) {
     const int64_t width = std::min(kNR, cols - strip);
     if (rs == 1 && cs != 1) {
-      // b is a transposed matrix (cols.t() in the weight gradient): read each
-      // of its columns in order, rather than 32 of them at once element by
-      // element; the strip of packed (KC x 32) stays in L1.
+      // b is a transposed matrix (cols.t() in the weight gradient), whose
+      // columns are contiguous: 8 x 8 blocks transposed in registers, then
+      // each column's rest in order (rather than 32 columns at once element
+      // by element); the strip of packed (KC x 32) stays in L1.
+      const int64_t whole_columns = width / 8 * 8, whole_depth = depth / 8 * 8;
+      for (int64_t j = 0; j < whole_columns; j += 8) {
+        for (int64_t p = 0; p < whole_depth; p += 8) {
+          transpose_8x8(b + (strip + j) * cs + p, cs, packed + p * kNR + j);
+        }
+      }
       for (int64_t j = 0; j < kNR; ++j) {
         const float* src = j < width ? b + (strip + j) * cs : nullptr;
-        for (int64_t p = 0; p < depth; ++p) {
+        for (int64_t p = j < whole_columns ? whole_depth : 0; p < depth; ++p) {
           packed[p * kNR + j] = src != nullptr ? src[p] : 0.0f;
         }
       }
@@ -166,6 +203,73 @@ __attribute__((target("avx512f,fma"))) void micro_kernel(
   }
 }
 
+// AVX2: one 6 x 16 sub-tile of a tile, c[0:6, 0:16] (+)= a-rows @ b-columns,
+// reading the packed strips of the AVX-512 kernel (a: kMR values a step, of
+// which rows 0-5 from `a`; b: kNR values a step, columns 0-15 from `b`).
+__attribute__((target("avx2,fma"))) void sub_tile_avx2(
+    int64_t depth, const float* a, const float* b, float* c, int64_t ldc, bool load) {
+  __m256 acc[6][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < 6; ++i) {
+    acc[i][0] = _mm256_setzero_ps();
+    acc[i][1] = _mm256_setzero_ps();
+  }
+  for (int64_t p = 0; p < depth; ++p) {
+    const __m256 b0 = _mm256_loadu_ps(b);
+    const __m256 b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+    }
+    a += kMR;
+    b += kNR;
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < 6; ++i) {
+    float* row = c + i * ldc;
+    __m256 lo = acc[i][0], hi = acc[i][1];
+    if (load) {
+      lo = _mm256_add_ps(lo, _mm256_loadu_ps(row));
+      hi = _mm256_add_ps(hi, _mm256_loadu_ps(row + 8));
+    }
+    _mm256_storeu_ps(row, lo);
+    _mm256_storeu_ps(row + 8, hi);
+  }
+}
+
+// AVX2: the micro-kernel's contract (c[0:rows, 0:cols] (+)= one tile, rows <=
+// kMR, cols <= kNR) as the sub-tiles that hold any of those entries; an edge
+// tile goes through a scratch tile, so nothing outside c's rows and columns is
+// written.
+__attribute__((target("avx2,fma"))) void micro_kernel_avx2(
+    int64_t depth, const float* a, const float* b, float* c, int64_t ldc, int64_t rows, int64_t cols, bool load) {
+  if (rows == kMR && cols == kNR) {
+    for (int64_t i = 0; i < kMR; i += 6) {
+      for (int64_t j = 0; j < kNR; j += 16) {
+        sub_tile_avx2(depth, a + i, b + j, c + i * ldc + j, ldc, load);
+      }
+    }
+    return;
+  }
+  alignas(32) float tile[kMR * kNR];
+  for (int64_t i = 0; i < rows; i += 6) {
+    for (int64_t j = 0; j < cols; j += 16) {
+      sub_tile_avx2(depth, a + i, b + j, tile + i * kNR + j, kNR, /*load=*/false);
+    }
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) {
+      c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + tile[i * kNR + j];
+    }
+  }
+}
+
+// The micro-kernels this CPU runs (see has_fast_gemm), or none.
+enum class GemmIsa { kNone, kAvx2, kAvx512 };
+GemmIsa gemm_isa();
+
 // The packing buffers of this thread, reused from call to call.
 struct Buffers {
   std::vector<float> a, b;
@@ -225,7 +329,9 @@ void gemm_serial(
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           for (int64_t ir = 0; ir < mc; ir += kMR) {
             const int64_t cols = std::min(kNR, nc - jr);
-            const auto kernel = cols > 16 ? micro_kernel<2> : micro_kernel<1>;
+            const auto kernel = gemm_isa() == GemmIsa::kAvx2 ? micro_kernel_avx2
+                : cols > 16                                 ? micro_kernel<2>
+                                                            : micro_kernel<1>;
             kernel(
                 kc, packed_a + ir * kc, buffers.b.data() + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
                 std::min(kMR, mc - ir), cols, load);
@@ -236,25 +342,28 @@ void gemm_serial(
   }
 }
 
-bool cpu_has_avx512() {
-  static const bool has = [] {
+GemmIsa gemm_isa() {
+  static const GemmIsa isa = [] {
     const char* choice = std::getenv("PYCNN_CPU_GEMM");
     if (choice != nullptr && std::strcmp(choice, "aten") == 0) {
-      return false;
+      return GemmIsa::kNone;
     }
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
+    if (__builtin_cpu_supports("avx512f")) {
+      return GemmIsa::kAvx512;
+    }
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? GemmIsa::kAvx2 : GemmIsa::kNone;
   }();
-  return has;
+  return isa;
 }
 
-#endif  // PYCNN_HAVE_AVX512_GEMM
+#endif  // PYCNN_HAVE_X86_GEMM
 
 }  // namespace
 
 bool has_fast_gemm() {
-#ifdef PYCNN_HAVE_AVX512_GEMM
-  return cpu_has_avx512();
+#ifdef PYCNN_HAVE_X86_GEMM
+  return gemm_isa() != GemmIsa::kNone;
 #else
   return false;
 #endif
@@ -281,7 +390,7 @@ void aten_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool a
   }
 }
 
-#ifdef PYCNN_HAVE_AVX512_GEMM
+#ifdef PYCNN_HAVE_X86_GEMM
 // out (+)= a @ b with pycnn's kernel, over every thread when called outside a
 // parallel region. `packed`: a packed beforehand (PackedLeft), or null.
 void run_gemm(
@@ -325,13 +434,13 @@ void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumu
     aten_gemm(out, a, b, accumulate);
     return;
   }
-#ifdef PYCNN_HAVE_AVX512_GEMM
+#ifdef PYCNN_HAVE_X86_GEMM
   run_gemm(out, a, nullptr, 0, b, accumulate);
 #endif
 }
 
 PackedLeft::PackedLeft(const at::Tensor& a) : a_(a) {
-#ifdef PYCNN_HAVE_AVX512_GEMM
+#ifdef PYCNN_HAVE_X86_GEMM
   if (!ours_for_left(a)) {
     return;
   }
@@ -351,7 +460,7 @@ void gemm(at::Tensor& out, const PackedLeft& a, const at::Tensor& b, bool accumu
     gemm(out, a.a_, b, accumulate);
     return;
   }
-#ifdef PYCNN_HAVE_AVX512_GEMM
+#ifdef PYCNN_HAVE_X86_GEMM
   run_gemm(out, a.a_, a.packed_.data(), a.padded_rows_, b, accumulate);
 #endif
 }

@@ -1,9 +1,9 @@
 // pycnn's own float32 matrix product for the CPU kernels (gemm.cpp).
 //
 // Why not at::mm: ATen's float32 GEMM is MKL's, which on this project's AMD
-// machines (AVX-512) runs at about half the speed that oneDNN -- native
-// convolution's library -- gets from the same cores (BENCHMARKS.md). This one
-// uses AVX-512 wherever the CPU has it, whoever made the CPU.
+// machines runs at about half the speed that oneDNN -- native convolution's
+// library -- gets from the same cores (BENCHMARKS.md). This one uses AVX-512,
+// or AVX2 + FMA, wherever the CPU has it, whoever made the CPU.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,15 +13,15 @@
 namespace pycnn {
 namespace cpu {
 
-// Whether gemm() below runs pycnn's AVX-512 kernel on this CPU (otherwise it
-// hands the product to at::mm). PYCNN_CPU_GEMM=aten in the environment turns
+// Whether gemm() below runs pycnn's kernel on this CPU (AVX-512, or AVX2 and
+// FMA; otherwise it hands the product to at::mm). PYCNN_CPU_GEMM=aten in the environment turns
 // it off, to compare the two.
 bool has_fast_gemm();
 
 // out = a @ b, or out += a @ b when `accumulate`. a: [M, K], b: [K, N], out:
 // [M, N], all of one dtype; a and b may have any strides (transposed views
-// included), out's rows must be contiguous (stride(1) == 1). Float32 on a CPU
-// with AVX-512 runs pycnn's kernel -- on every thread when called outside a
+// included), out's rows must be contiguous (stride(1) == 1). Float32 where
+// has_fast_gemm() runs pycnn's kernel -- on every thread when called outside a
 // parallel region, on the calling thread inside one -- other dtypes, and
 // products with under 4 rows of a or a depth under 16, at::mm.
 void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
