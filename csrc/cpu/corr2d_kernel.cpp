@@ -398,7 +398,7 @@ Tensor corr2d_cpu(
     if (has_bias) {
       out_k.copy_(bias_groups[k].expand_as(out_k));
     }
-    cpu::gemm(out_k, weight_groups[k], cols_k, /*accumulate=*/has_bias);
+    cpu::chunk_gemm(out_k, weight_groups[k], cols_k, /*accumulate=*/has_bias);
   };
   for_each_chunk(input.size(0), chunk_size, [&](const Chunk& chunk) {
     const int64_t width = chunk.size * L;
@@ -491,7 +491,7 @@ Tensor corr2d_backward_input_cpu(
       Tensor grad_in = grad_input[chunk.first].view({groups, rows_per_group, L});
       for (int64_t k = 0; k < groups; ++k) {
         Tensor dst = grad_in[k];
-        cpu::gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
+        cpu::chunk_gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
       }
       return;
     }
@@ -502,13 +502,13 @@ Tensor corr2d_backward_input_cpu(
         const Tensor grad_out_s = grad_output[chunk.first + s].view({groups, out_channels_per_group, L});
         for (int64_t k = 0; k < groups; ++k) {
           Tensor dst = cols_groups[k].narrow(1, s * L, L);
-          cpu::gemm(dst, weight_t[k], grad_out_s[k], /*accumulate=*/false);
+          cpu::chunk_gemm(dst, weight_t[k], grad_out_s[k], /*accumulate=*/false);
         }
       }
     } else {
       for (int64_t k = 0; k < groups; ++k) {
         Tensor dst = cols_groups[k];
-        cpu::gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
+        cpu::chunk_gemm(dst, weight_t[k], grad_out[k], /*accumulate=*/false);
       }
     }
     for (int64_t s = 0; s < chunk.size; ++s) {
@@ -569,7 +569,7 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
     Tensor acc = partial[chunk.slot];
     for (int64_t k = 0; k < groups; ++k) {
       Tensor acc_k = acc[k];
-      cpu::gemm(acc_k, grad_out[k], cols[k].t(), /*accumulate=*/true);
+      cpu::chunk_gemm(acc_k, grad_out[k], cols[k].t(), /*accumulate=*/true);
     }
   });
   Tensor grad_weight = partial.sum(0).view(weight_size);

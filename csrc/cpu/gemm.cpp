@@ -330,8 +330,8 @@ void gemm_serial(
           for (int64_t ir = 0; ir < mc; ir += kMR) {
             const int64_t cols = std::min(kNR, nc - jr);
             const auto kernel = gemm_isa() == GemmIsa::kAvx2 ? micro_kernel_avx2
-                : cols > 16                                 ? micro_kernel<2>
-                                                            : micro_kernel<1>;
+                : cols > 16                                  ? micro_kernel<2>
+                                                             : micro_kernel<1>;
             kernel(
                 kc, packed_a + ir * kc, buffers.b.data() + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
                 std::min(kMR, mc - ir), cols, load);
@@ -437,6 +437,16 @@ void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumu
 #ifdef PYCNN_HAVE_X86_GEMM
   run_gemm(out, a, nullptr, 0, b, accumulate);
 #endif
+}
+
+void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+#ifdef PYCNN_HAVE_X86_GEMM
+  if (gemm_isa() == GemmIsa::kAvx2) {
+    aten_gemm(out, a, b, accumulate);
+    return;
+  }
+#endif
+  gemm(out, a, b, accumulate);
 }
 
 PackedLeft::PackedLeft(const at::Tensor& a) : a_(a) {

@@ -26,6 +26,13 @@ bool has_fast_gemm();
 // products with under 4 rows of a or a depth under 16, at::mm.
 void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 
+// gemm() for the products of a chunk of samples side by side (corr2d's paths
+// other than samples over threads): on a CPU with AVX2 but not AVX-512 these
+// go to at::mm, whose MKL was faster than pycnn's AVX2 kernel on them -- the
+// wide, deep products of small maps and the weight gradient (BENCHMARKS.md);
+// elsewhere the same as gemm().
+void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
+
 // The left operand of many products, packed once: a convolution's weight,
 // multiplied by each sample's columns in turn. gemm() packs its left operand
 // on every call, on every thread that takes a share of it; for a weight of
