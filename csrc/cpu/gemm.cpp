@@ -317,6 +317,7 @@ void gemm_serial(
     }
     return;
   }
+  const bool avx2 = gemm_isa() == GemmIsa::kAvx2;  // the micro-kernel, once per product
   for (int64_t jc = 0; jc < N; jc += kNC) {
     const int64_t nc = std::min(kNC, N - jc);
     for (int64_t pc = 0; pc < K; pc += kKC) {
@@ -329,9 +330,7 @@ void gemm_serial(
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           for (int64_t ir = 0; ir < mc; ir += kMR) {
             const int64_t cols = std::min(kNR, nc - jr);
-            const auto kernel = gemm_isa() == GemmIsa::kAvx2 ? micro_kernel_avx2
-                : cols > 16                                  ? micro_kernel<2>
-                                                             : micro_kernel<1>;
+            const auto kernel = avx2 ? micro_kernel_avx2 : cols > 16 ? micro_kernel<2> : micro_kernel<1>;
             kernel(
                 kc, packed_a + ir * kc, buffers.b.data() + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
                 std::min(kMR, mc - ir), cols, load);
