@@ -2,7 +2,9 @@
 // AVX-512 or AVX2 kernel where the CPU has one, else ATen's BLAS); grouped
 // convolutions with few channels per group, and layers with few output
 // channels on mid-sized maps, run direct loops instead (corr2d_direct.h,
-// use_direct_corr2d).
+// use_direct_corr2d); float32 3x3 stride-1 layers of many channels run
+// Winograd's F(2x2, 3x3) forward and in the input gradient
+// (corr2d_winograd.h, use_winograd_corr2d).
 //
 // The input patches that the kernel sees are unfolded into a column matrix
 // cols[C * kh * kw, samples * OH * OW] (im2col), the patches of a chunk of
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "corr2d_direct.h"
+#include "corr2d_winograd.h"
 #include "gemm.h"
 #include "pycnn/checks.h"
 #include "pycnn/geometry.h"
@@ -365,6 +368,10 @@ Tensor corr2d_cpu(
   const Tensor weight = weight_arg.contiguous();
   const bool has_bias = bias_arg.has_value() && bias_arg->defined();
   const auto g = make_corr2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation);
+  if (cpu::use_winograd_corr2d(g, weight.size(0), groups, input.size(0), input.scalar_type())) {
+    cpu::corr2d_winograd_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, output);
+    return output.contiguous(input_arg.suggest_memory_format());
+  }
   if (cpu::use_direct_corr2d(g, weight.size(0), groups, input.size(0))) {
     cpu::corr2d_direct_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, groups, output);
     return output.contiguous(input_arg.suggest_memory_format());
@@ -449,6 +456,10 @@ Tensor corr2d_backward_input_cpu(
   const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor weight = weight_arg.contiguous();
   const auto g = make_corr2d_geometry(input_size, weight.sizes(), stride, padding, dilation);
+  if (cpu::use_winograd_corr2d(g, weight.size(0), groups, input_size[0], grad_output.scalar_type()) &&
+      cpu::corr2d_winograd_backward_input(grad_output, weight, g, grad_input)) {
+    return grad_input.contiguous(grad_output_arg.suggest_memory_format());
+  }
   if (cpu::use_direct_corr2d(g, weight.size(0), groups, input_size[0])) {
     cpu::corr2d_direct_backward_input(grad_output, weight, g, groups, grad_input);
     return grad_input.contiguous(grad_output_arg.suggest_memory_format());

@@ -1,0 +1,320 @@
+// Winograd's F(2x2, 3x3) for corr2d on the CPU (see corr2d_winograd.h).
+//
+// For each 2x2 block of outputs (a tile) and each input channel, the 4x4
+// block of input it reads, d, becomes V = Bᵀ d B; each 3x3 kernel g becomes
+// U = G g Gᵀ, and the tile's outputs are Y = Aᵀ (sum over channels of U ⊙ V) A,
+// with
+//
+//        | 1  0 -1  0 |        | 1    0    0  |
+//   Bᵀ = | 0  1  1  0 |    G = | 1/2  1/2  1/2 |    Aᵀ = | 1  1  1  0 |
+//        | 0 -1  1  0 |        | 1/2 -1/2  1/2 |         | 0  1 -1 -1 |
+//        | 0  1  0 -1 |        | 0    0    1  |
+//
+// The channel sum of U ⊙ V is, for each of the 16 entries ("taps") of the
+// 4x4 tile, a matrix product: M[t] (O x tiles) = U[t] (O x C) @ V[t] (C x tiles).
+// Tiles run in blocks of at most kTilesPerBlock, the blocks over the threads:
+// a thread transforms its block's input into its own scratch, runs the 16
+// products with the weight packed once for the call (PackedLeft), and
+// transforms their result into its tiles of the output, so a block's data
+// stays in that core's caches from one step to the next.
+#include "corr2d_winograd.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "gemm.h"
+
+namespace pycnn {
+namespace cpu {
+namespace {
+
+constexpr int64_t kTaps = 16;  // entries of a 4x4 tile
+
+// Below this many channels on either side, the 16 products are too shallow
+// or too narrow to repay the transforms: with 16 and 32 channels im2col + GEMM
+// (or the direct loops, for DenseNet's 32-output layers) did better, with 64
+// Winograd did.
+constexpr int64_t kMinChannels = 64;
+
+// Below this many tiles in the batch, transforming and packing the weight
+// (16 x O x C values, again for every call, as training changes it) costs
+// more than the multiply-adds saved: with 288 tiles (batch 8, 12x12 outputs,
+// 128 channels) the forward ran at about im2col + GEMM's speed, with 72 (6x6)
+// at half of it.
+constexpr int64_t kMinTiles = 512;
+
+// Tiles of a block: wide enough products for the GEMM's 32-column tiles,
+// small enough that a block's transformed input and products stay in cache.
+constexpr int64_t kTilesPerBlock = 192;
+
+bool winograd_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("PYCNN_CPU_WINOGRAD");
+    return value == nullptr || std::strcmp(value, "0") != 0;
+  }();
+  return enabled;
+}
+
+// U[t][row][col] = (G g Gᵀ)[t] for each kernel. Forward: row = o, col = c,
+// g = weight[o][c]. Input gradient: row = c, col = o, g = weight[o][c]
+// flipped in both axes (the transposed, flipped weight of corr2d_winograd.h).
+// `finite`, if given, is set to whether every weight is finite.
+at::Tensor transform_weight(const at::Tensor& weight, bool for_input_gradient, bool* finite = nullptr) {
+  const int64_t out_channels = weight.size(0);
+  const int64_t channels = weight.size(1);
+  const int64_t rows = for_input_gradient ? channels : out_channels;
+  const int64_t depth = for_input_gradient ? out_channels : channels;
+  at::Tensor transformed = at::empty({kTaps, rows, depth}, weight.options());
+  const float* w = weight.const_data_ptr<float>();
+  float* u = transformed.mutable_data_ptr<float>();
+  std::atomic<bool> all_finite{true};
+  at::parallel_for(0, out_channels, 1, [&](int64_t begin, int64_t end) {
+    bool block_finite = true;
+    for (int64_t o = begin; o < end; ++o) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const float* kernel = w + (o * channels + c) * 9;
+        float g[3][3];
+        for (int i = 0; i < 3; ++i) {
+          for (int j = 0; j < 3; ++j) {
+            g[i][j] = for_input_gradient ? kernel[(2 - i) * 3 + (2 - j)] : kernel[i * 3 + j];
+            block_finite = block_finite && std::isfinite(g[i][j]);
+          }
+        }
+        float gg[4][3];  // G g
+        for (int j = 0; j < 3; ++j) {
+          gg[0][j] = g[0][j];
+          gg[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
+          gg[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
+          gg[3][j] = g[2][j];
+        }
+        const int64_t row = for_input_gradient ? c : o;
+        const int64_t col = for_input_gradient ? o : c;
+        for (int i = 0; i < 4; ++i) {  // (G g) Gᵀ, row i
+          const float entries[4] = {gg[i][0], 0.5f * (gg[i][0] + gg[i][1] + gg[i][2]),
+                                    0.5f * (gg[i][0] - gg[i][1] + gg[i][2]), gg[i][2]};
+          for (int j = 0; j < 4; ++j) {
+            u[((i * 4 + j) * rows + row) * depth + col] = entries[j];
+          }
+        }
+      }
+    }
+    if (!block_finite) {
+      all_finite = false;
+    }
+  });
+  if (finite != nullptr) {
+    *finite = all_finite;
+  }
+  return transformed;
+}
+
+// One correlation of a 3x3 kernel, stride 1: input (batch, channels, in_h,
+// in_w) padded by pad_h, pad_w, to output (batch, out_channels, out_h, out_w).
+struct Problem {
+  int64_t batch, channels, in_h, in_w, pad_h, pad_w, out_channels, out_h, out_w;
+
+  int64_t tiles_h() const { return (out_h + 1) / 2; }
+  int64_t tiles_w() const { return (out_w + 1) / 2; }
+  int64_t tiles() const { return batch * tiles_h() * tiles_w(); }
+};
+
+// Where tile `index` of the batch lies: its sample and its top-left output.
+struct Tile {
+  int64_t sample, oh, ow;
+};
+
+inline Tile locate(const Problem& p, int64_t index) {
+  const int64_t per_sample = p.tiles_h() * p.tiles_w();
+  const int64_t within = index % per_sample;
+  return {index / per_sample, 2 * (within / p.tiles_w()), 2 * (within % p.tiles_w())};
+}
+
+// The transforms are vector loops over channels: the input is read
+// channels-last (N, H, W, C), so that the 16 values of a tile's 4x4 block are
+// 16 rows of C contiguous channels, and each block's transformed input is
+// stored v[t][q][c] -- tile q's channels contiguous -- which the GEMM reads
+// as the transposed view [C, tiles]. GCC compiles the loops three times, for
+// AVX-512, AVX2 and any x86-64, and the CPU picks one when the library loads.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYCNN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PYCNN_VECTOR_CLONES
+#endif
+
+// v[(t * count + q) * channels + c] = (Bᵀ d B)[t], d the 4x4 input block of
+// channel c that tile first + q reads, zero outside the input; x (N, H, W, C).
+// `zeros`: `channels` zeros, read for the block's values outside the input.
+PYCNN_VECTOR_CLONES void transform_input(
+    const float* x, const Problem& p, int64_t first, int64_t count, const float* zeros, float* v) {
+  const int64_t channels = p.channels;
+  const int64_t tap_stride = count * channels;
+  for (int64_t q = 0; q < count; ++q) {
+    const Tile tile = locate(p, first + q);
+    const float* d[16];
+    for (int i = 0; i < 4; ++i) {
+      const int64_t ih = tile.oh - p.pad_h + i;
+      for (int j = 0; j < 4; ++j) {
+        const int64_t iw = tile.ow - p.pad_w + j;
+        const bool inside = ih >= 0 && ih < p.in_h && iw >= 0 && iw < p.in_w;
+        d[i * 4 + j] = inside ? x + ((tile.sample * p.in_h + ih) * p.in_w + iw) * channels : zeros;
+      }
+    }
+    float* out = v + q * channels;
+#pragma omp simd  // the 16 rows read and the 16 written never overlap
+    for (int64_t c = 0; c < channels; ++c) {
+      float bd[4][4];  // Bᵀ d
+      for (int j = 0; j < 4; ++j) {
+        const float d0 = d[j][c], d1 = d[4 + j][c], d2 = d[8 + j][c], d3 = d[12 + j][c];
+        bd[0][j] = d0 - d2;
+        bd[1][j] = d1 + d2;
+        bd[2][j] = d2 - d1;
+        bd[3][j] = d1 - d3;
+      }
+      for (int i = 0; i < 4; ++i) {  // (Bᵀ d) B, row i
+        out[(i * 4 + 0) * tap_stride + c] = bd[i][0] - bd[i][2];
+        out[(i * 4 + 1) * tap_stride + c] = bd[i][1] + bd[i][2];
+        out[(i * 4 + 2) * tap_stride + c] = bd[i][2] - bd[i][1];
+        out[(i * 4 + 3) * tap_stride + c] = bd[i][1] - bd[i][3];
+      }
+    }
+  }
+}
+
+// The block's outputs: y[2x2 outputs of tile first + q, channel o] = Aᵀ m A
+// (+ bias[o]), m the 4x4 entries m[(t * out_channels + o) * count + q]; y
+// (N, O, OH, OW); outputs past the edge of an odd-sized map are dropped.
+// `work`: 4 * count floats.
+PYCNN_VECTOR_CLONES void transform_output(
+    const float* m, const float* bias, const Problem& p, int64_t first, int64_t count, float* y, float* work) {
+  const int64_t tap_stride = p.out_channels * count;
+  const int64_t plane = p.out_h * p.out_w;
+  float* y00 = work;  // each tile's four outputs, in tile order
+  float* y01 = work + count;
+  float* y10 = work + 2 * count;
+  float* y11 = work + 3 * count;
+  for (int64_t o = 0; o < p.out_channels; ++o) {
+    const float b = bias != nullptr ? bias[o] : 0.0f;
+    const float* src = m + o * count;
+#pragma omp simd
+    for (int64_t q = 0; q < count; ++q) {
+      float s0[4], s1[4];  // Aᵀ m
+      for (int j = 0; j < 4; ++j) {
+        const float m0 = src[j * tap_stride + q], m1 = src[(4 + j) * tap_stride + q];
+        const float m2 = src[(8 + j) * tap_stride + q], m3 = src[(12 + j) * tap_stride + q];
+        s0[j] = m0 + m1 + m2;
+        s1[j] = m1 - m2 - m3;
+      }
+      y00[q] = s0[0] + s0[1] + s0[2] + b;  // (Aᵀ m) A
+      y01[q] = s0[1] - s0[2] - s0[3] + b;
+      y10[q] = s1[0] + s1[1] + s1[2] + b;
+      y11[q] = s1[1] - s1[2] - s1[3] + b;
+    }
+    for (int64_t q = 0; q < count; ++q) {
+      const Tile tile = locate(p, first + q);
+      float* dst = y + (tile.sample * p.out_channels + o) * plane + tile.oh * p.out_w + tile.ow;
+      const bool second_col = tile.ow + 1 < p.out_w;
+      dst[0] = y00[q];
+      if (second_col) {
+        dst[1] = y01[q];
+      }
+      if (tile.oh + 1 < p.out_h) {
+        dst[p.out_w] = y10[q];
+        if (second_col) {
+          dst[p.out_w + 1] = y11[q];
+        }
+      }
+    }
+  }
+}
+
+// y (N, O, OH, OW) = the correlation of x (N, H, W, C) with the kernels
+// whose transform is `transformed` ([16, out_channels, channels]), plus bias
+// (nullptr: none).
+void run(const float* x, const at::Tensor& transformed, const float* bias, const Problem& p, float* y) {
+  const int64_t tiles = p.tiles();
+  const int64_t threads = at::get_num_threads();
+  // Blocks of at most kTilesPerBlock tiles, as many as the threads at least
+  // (when there are tiles for it) and a multiple of them, of equal sizes.
+  int64_t blocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
+  if (threads > 1 && tiles >= 32 * threads) {
+    blocks = (blocks + threads - 1) / threads * threads;
+  }
+  const int64_t block_tiles = (tiles + blocks - 1) / blocks;
+  blocks = (tiles + block_tiles - 1) / block_tiles;
+
+  std::vector<PackedLeft> packed;
+  packed.reserve(kTaps);
+  for (int64_t t = 0; t < kTaps; ++t) {
+    packed.emplace_back(transformed[t]);
+  }
+  const std::vector<float> zeros(p.channels, 0.0f);
+  const int64_t block_floats = kTaps * (p.channels + p.out_channels) * block_tiles;
+  at::Tensor scratch = at::empty({std::min(threads, blocks), block_floats + 4 * block_tiles}, transformed.options());
+
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    // Dispatch state is thread-local: a worker needs its own guard to skip
+    // autograd in the ATen calls below (the kernel is what autograd records).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor mine = scratch[std::min<int64_t>(at::get_thread_num(), scratch.size(0) - 1)];
+    float* work = mine.mutable_data_ptr<float>() + block_floats;
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t first = index * block_tiles;
+      const int64_t count = std::min(block_tiles, tiles - first);
+      // v[t] is [tiles, C]; the GEMM reads it transposed, as [C, tiles].
+      const at::Tensor v = mine.narrow(0, 0, kTaps * count * p.channels).view({kTaps, count, p.channels});
+      at::Tensor m = mine.narrow(0, kTaps * count * p.channels, kTaps * p.out_channels * count)
+                         .view({kTaps, p.out_channels, count});
+      transform_input(x, p, first, count, zeros.data(), v.mutable_data_ptr<float>());
+      for (int64_t t = 0; t < kTaps; ++t) {
+        at::Tensor m_t = m[t];
+        gemm(m_t, packed[t], v[t].t(), /*accumulate=*/false);
+      }
+      transform_output(m.const_data_ptr<float>(), bias, p, first, count, y, work);
+    }
+  });
+}
+
+}  // namespace
+
+bool use_winograd_corr2d(
+    const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype) {
+  const int64_t tiles = batch * ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2);
+  return winograd_enabled() && tiles >= kMinTiles && dtype == at::kFloat && groups == 1 && g.kernel_h == 3 &&
+      g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.pad_h <= 2 &&
+      g.pad_w <= 2 && g.channels >= kMinChannels && out_channels >= kMinChannels && g.out_h >= 2 && g.out_w >= 2;
+}
+
+void corr2d_winograd_forward(
+    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const Corr2dGeometry& g,
+    at::Tensor& output) {
+  const Problem p{input.size(0), g.channels, g.in_h, g.in_w, g.pad_h, g.pad_w, weight.size(0), g.out_h, g.out_w};
+  const at::Tensor input_nhwc = input.permute({0, 2, 3, 1}).contiguous();
+  run(input_nhwc.const_data_ptr<float>(), transform_weight(weight, /*for_input_gradient=*/false),
+      bias.defined() ? bias.const_data_ptr<float>() : nullptr, p, output.mutable_data_ptr<float>());
+}
+
+bool corr2d_winograd_backward_input(
+    const at::Tensor& grad_output, const at::Tensor& weight, const Corr2dGeometry& g, at::Tensor& grad_input) {
+  bool finite = true;
+  const at::Tensor transformed = transform_weight(weight, /*for_input_gradient=*/true, &finite);
+  if (!finite) {
+    return false;
+  }
+  // corr2d(grad_output, weight transposed and flipped, padding 2 - padding):
+  // an output of out_h + 2 * (2 - pad_h) - 2 = in_h rows.
+  const Problem p{grad_output.size(0), weight.size(0), g.out_h, g.out_w, 2 - g.pad_h,
+                  2 - g.pad_w,         g.channels,     g.in_h,  g.in_w};
+  const at::Tensor grad_output_nhwc = grad_output.permute({0, 2, 3, 1}).contiguous();
+  run(grad_output_nhwc.const_data_ptr<float>(), transformed, nullptr, p, grad_input.mutable_data_ptr<float>());
+  return true;
+}
+
+}  // namespace cpu
+}  // namespace pycnn

@@ -1,0 +1,48 @@
+// corr2d on the CPU by Winograd's minimal filtering, F(2x2, 3x3), for 3x3
+// kernels with stride 1 and no dilation -- corr2d_winograd.cpp.
+//
+// Why: im2col + GEMM spends 9 multiply-adds per output and input channel on
+// a 3x3 kernel; Winograd's F(2x2, 3x3) computes each 2x2 block of outputs
+// from a 4x4 block of input with 16, i.e. 4 per output (2.25 times fewer).
+// The 16 products of a tile are 16 independent matrix products, channels by
+// channels, over all the tiles of the batch: GEMMs of the same shape as
+// im2col's but a ninth of its depth and 16 of them.
+//
+// The input gradient of a 3x3 stride-1 correlation is itself one: grad_input
+// = corr2d(grad_output, the weight transposed (O <-> C) and flipped, padding
+// 2 - padding), so the same code runs it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "pycnn/geometry.h"
+
+namespace pycnn {
+namespace cpu {
+
+// Whether corr2d of this geometry runs Winograd's F(2x2, 3x3): float32, a
+// 3x3 kernel, stride 1, dilation 1, ungrouped, padding at most 2, enough
+// channels on both sides for the 16 products to be GEMM-sized, and enough
+// 2x2 tiles in the batch to repay the weight's transform (the thresholds,
+// measured with python -m pycnn.bench ops, are in corr2d_winograd.cpp).
+// PYCNN_CPU_WINOGRAD=0 in the environment turns it off, to compare.
+bool use_winograd_corr2d(
+    const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype);
+
+// input (N, C, H, W), weight (O, C, 3, 3), bias (O) or undefined, all
+// contiguous float32; output (N, O, OH, OW), allocated by the caller.
+void corr2d_winograd_forward(
+    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const Corr2dGeometry& g,
+    at::Tensor& output);
+
+// grad_output (N, O, OH, OW), weight (O, C, 3, 3), contiguous float32;
+// grad_input (N, C, H, W), allocated by the caller. g: the forward's geometry.
+// Returns false, having written nothing, where the weight holds an inf or a
+// NaN: the gradient's correlation pads grad_output, and a non-finite weight
+// times that padding would be a NaN where native's gradient reads no padding
+// (the caller then runs im2col + GEMM, whose col2im adds no padding in).
+bool corr2d_winograd_backward_input(
+    const at::Tensor& grad_output, const at::Tensor& weight, const Corr2dGeometry& g, at::Tensor& grad_input);
+
+}  // namespace cpu
+}  // namespace pycnn

@@ -1,0 +1,137 @@
+"""corr2d's Winograd path on the CPU (csrc/cpu/corr2d_winograd.cpp):
+F(2x2, 3x3) for float32 3x3 convolutions with stride 1, no dilation, no
+groups, padding at most 2, at least 64 channels on each side and at least 512
+2x2 tiles of output in the batch, forward and input gradient (the weight
+gradient stays on im2col + GEMM).
+
+The cases cross what the tiling can get wrong: odd output sizes (tiles that
+hang over the edge of the map), padding 0, 1 and 2 and unequal padding
+(blocks that read past the input), outputs of one tile, batches of several
+blocks of tiles split over the threads, channel counts that are not a multiple
+of the GEMM's tiles. Float32 has no exact reference, so each result is held
+against native float64: its error must stay within a few times the error of
+native float32 on the same inputs.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pycnn  # noqa: F401  (registers torch.ops.pycnn)
+
+ops = torch.ops.pycnn
+
+# (batch, channels, (H, W), out_channels, padding); each batch at least 512 tiles
+CASES = [
+    (15, 64, (12, 12), 64, (1, 1)),  # even output: whole tiles
+    (12, 65, (13, 15), 70, (1, 1)),  # odd output: tiles over the right and bottom edges
+    (130, 64, (5, 5), 72, (0, 0)),  # a 3x3 output, no padding
+    (8, 64, (14, 14), 64, (2, 2)),  # padding 2: the input gradient's padding is 0
+    (10, 64, (16, 23), 66, (0, 2)),  # unequal padding
+    (512, 64, (2, 2), 64, (1, 1)),  # a 2x2 output: one tile a sample
+    (9, 64, (15, 15), 80, (1, 1)),  # 576 tiles: several blocks
+    (8, 64, (24, 24), 96, (1, 1)),  # 1,152 tiles: blocks spread over the threads
+    (57, 130, (6, 6), 100, (1, 1)),  # channels past the GEMM's 12-row and 32-column tiles
+]
+
+
+def _tiles(case):
+    n, _, (h, w), _, (ph, pw) = case
+    return n * ((h + 2 * ph - 1) // 2) * ((w + 2 * pw - 1) // 2)
+
+
+def _ids(case):
+    n, c, hw, o, p = case
+    return f"n{n}c{c}o{o}-{hw[0]}x{hw[1]}-p{p[0]}{p[1]}"
+
+
+def _tensors(case):
+    n, c, hw, o, _ = case
+    gen = torch.Generator().manual_seed(sum(map(hash, map(str, case))) % 2**31)
+    x = torch.randn(n, c, *hw, generator=gen, dtype=torch.float64)
+    w = torch.randn(o, c, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(o, generator=gen, dtype=torch.float64)
+    return x, w, b
+
+
+def _native(x, w, b, padding, gy):
+    y = F.conv2d(x, w, b, 1, padding)
+    grad_input = torch.ops.aten.convolution_backward(
+        gy, x, w, [w.size(0)], [1, 1], padding, [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    return y, grad_input
+
+
+def _pycnn(x, w, b, padding, gy):
+    args = ([1, 1], list(padding), [1, 1], 1)
+    return ops.corr2d(x, w, b, *args), ops.corr2d_backward_input(gy, w, list(x.shape), *args)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_winograd_matches_native_to_float32_accuracy(case):
+    assert _tiles(case) >= 512
+    x, w, b = _tensors(case)
+    padding = case[-1]
+    gy = torch.randn(F.conv2d(x, w, b, 1, padding).shape, generator=torch.Generator().manual_seed(1),
+                     dtype=torch.float64)
+    exact = _native(x, w, b, padding, gy)
+    native32 = _native(x.float(), w.float(), b.float(), padding, gy.float())
+    mine = _pycnn(x.float(), w.float(), b.float(), padding, gy.float())
+    for name, e, n, m in zip(("output", "grad_input"), exact, native32, mine):
+        assert m.dtype == torch.float32 and m.shape == e.shape, name
+        scale = e.abs().max().item()
+        native_error = (n.double() - e).abs().max().item()
+        error = (m.double() - e).abs().max().item()
+        # F(2x2, 3x3) rounds a few more times than a direct sum; a wrong tap
+        # or tile would be off by the size of the values, about 10^6 x this.
+        assert error <= 8 * native_error + 1e-6 * scale, f"{name}: error {error:.3g}, native float32 {native_error:.3g}"
+
+
+@pytest.mark.parametrize("channels, out_channels, batch", [(63, 64, 15), (64, 63, 15), (64, 64, 15), (64, 64, 14)])
+def test_either_side_of_the_winograd_thresholds(channels, out_channels, batch):
+    """63 channels on either side, or 504 tiles (batch 14 of 12x12 outputs),
+    run im2col + GEMM; 64 and 540 tiles Winograd: each agrees with native."""
+    case = (batch, channels, (12, 12), out_channels, (1, 1))
+    x, w, b = (t.float() for t in _tensors(case))
+    gy = torch.randn(batch, out_channels, 12, 12, generator=torch.Generator().manual_seed(2))
+    for n, m in zip(_native(x, w, b, (1, 1), gy), _pycnn(x, w, b, (1, 1), gy)):
+        torch.testing.assert_close(m, n, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_through_autograd_and_channels_last():
+    """A training step's gradients through pycnn.functional, channels_last in and out."""
+    case = (21, 64, (10, 10), 72, (1, 1))
+    x, w, b = (t.float().requires_grad_() for t in _tensors(case))
+    x_last = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    y = pycnn.functional.conv2d(x_last, w, b, padding=1)
+    y_native = F.conv2d(x, w, b, padding=1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, y_native, rtol=1e-4, atol=1e-4)
+    gy = torch.randn_like(y_native)
+    mine = torch.autograd.grad(y, (x_last, w, b), gy)
+    native = torch.autograd.grad(y_native, (x, w, b), gy)
+    for m, n in zip(mine, native):
+        torch.testing.assert_close(m, n, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_winograd_non_finite_values_stay_where_native_puts_them(where):
+    """An inf or NaN reaches exactly the outputs (and input gradients) that
+    native's reach; only which non-finite value may differ -- Winograd's sums
+    of differences turn inf into NaN, as cuDNN's and oneDNN's Winograd do.
+    (A non-finite weight is tried without padding: native skips the taps that
+    fall on padding, where pycnn's paths multiply it by zero, a NaN.)"""
+    padding = (1, 1) if where == "input" else (0, 0)
+    case = (32 if where == "input" else 57, 64, (7, 8), 64, padding)
+    assert _tiles(case) >= 512
+    x, w, b = (t.float() for t in _tensors(case))
+    gy = torch.randn(F.conv2d(x, w, b, 1, padding).shape, generator=torch.Generator().manual_seed(3))
+    if where == "input":
+        x[0, 3, 2, 5] = float("inf")
+        x[-1, 0, 6, 0] = float("nan")
+        gy[0, 5, 3, 3] = float("-inf")
+    else:
+        w[4, 2, 1, 1] = float("inf")
+        w[9, 0, 0, 2] = float("nan")
+    for name, n, m in zip(("output", "grad_input"), _native(x, w, b, padding, gy), _pycnn(x, w, b, padding, gy)):
+        assert torch.equal(torch.isfinite(m), torch.isfinite(n)), name
+        finite = torch.isfinite(n)
+        torch.testing.assert_close(m[finite], n[finite], rtol=1e-4, atol=1e-4, msg=lambda s: f"{name}: {s}")
