@@ -1,8 +1,7 @@
 """corr2d's Winograd path on the CPU (csrc/cpu/corr2d_winograd.cpp):
 F(2x2, 3x3) for float32 3x3 convolutions with stride 1, no dilation, no
 groups, padding at most 2, at least 64 channels on each side and at least 512
-2x2 tiles of output in the batch, forward and input gradient (the weight
-gradient stays on im2col + GEMM).
+2x2 tiles of output in the batch: forward, input gradient and weight gradient.
 
 The cases cross what the tiling can get wrong: odd output sizes (tiles that
 hang over the edge of the map), padding 0, 1 and 2 and unequal padding
@@ -53,16 +52,20 @@ def _tensors(case):
     return x, w, b
 
 
+NAMES = ("output", "grad_input", "grad_weight")
+
+
 def _native(x, w, b, padding, gy):
     y = F.conv2d(x, w, b, 1, padding)
-    grad_input = torch.ops.aten.convolution_backward(
-        gy, x, w, [w.size(0)], [1, 1], padding, [1, 1], False, [0, 0], 1, [True, False, False])[0]
-    return y, grad_input
+    grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+        gy, x, w, [w.size(0)], [1, 1], padding, [1, 1], False, [0, 0], 1, [True, True, False])
+    return y, grad_input, grad_weight
 
 
 def _pycnn(x, w, b, padding, gy):
     args = ([1, 1], list(padding), [1, 1], 1)
-    return ops.corr2d(x, w, b, *args), ops.corr2d_backward_input(gy, w, list(x.shape), *args)
+    return (ops.corr2d(x, w, b, *args), ops.corr2d_backward_input(gy, w, list(x.shape), *args),
+            ops.corr2d_backward_weight(gy, x, list(w.shape), *args, [True, False])[0])
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
@@ -75,7 +78,7 @@ def test_winograd_matches_native_to_float32_accuracy(case):
     exact = _native(x, w, b, padding, gy)
     native32 = _native(x.float(), w.float(), b.float(), padding, gy.float())
     mine = _pycnn(x.float(), w.float(), b.float(), padding, gy.float())
-    for name, e, n, m in zip(("output", "grad_input"), exact, native32, mine):
+    for name, e, n, m in zip(NAMES, exact, native32, mine):
         assert m.dtype == torch.float32 and m.shape == e.shape, name
         scale = e.abs().max().item()
         native_error = (n.double() - e).abs().max().item()
@@ -92,8 +95,8 @@ def test_either_side_of_the_winograd_thresholds(channels, out_channels, batch):
     case = (batch, channels, (12, 12), out_channels, (1, 1))
     x, w, b = (t.float() for t in _tensors(case))
     gy = torch.randn(batch, out_channels, 12, 12, generator=torch.Generator().manual_seed(2))
-    for n, m in zip(_native(x, w, b, (1, 1), gy), _pycnn(x, w, b, (1, 1), gy)):
-        torch.testing.assert_close(m, n, rtol=1e-4, atol=1e-4)
+    for name, n, m in zip(NAMES, _native(x, w, b, (1, 1), gy), _pycnn(x, w, b, (1, 1), gy)):
+        torch.testing.assert_close(m, n, rtol=1e-4, atol=1e-3, msg=lambda s: f"{name}: {s}")
 
 
 def test_winograd_through_autograd_and_channels_last():
@@ -114,9 +117,11 @@ def test_winograd_through_autograd_and_channels_last():
 
 @pytest.mark.parametrize("where", ["input", "weight"])
 def test_winograd_non_finite_values_stay_where_native_puts_them(where):
-    """An inf or NaN reaches exactly the outputs (and input gradients) that
-    native's reach; only which non-finite value may differ -- Winograd's sums
-    of differences turn inf into NaN, as cuDNN's and oneDNN's Winograd do.
+    """An inf or NaN reaches exactly the outputs and gradients that native's
+    reach; only which non-finite value may differ -- Winograd's sums of
+    differences turn inf into NaN, as cuDNN's and oneDNN's Winograd do. (The
+    weight gradient, whose last step mixes every sum of a kernel into each of
+    its taps, is computed again by im2col + GEMM when a sum is not finite.)
     (A non-finite weight is tried without padding: native skips the taps that
     fall on padding, where pycnn's paths multiply it by zero, a NaN.)"""
     padding = (1, 1) if where == "input" else (0, 0)
@@ -131,7 +136,10 @@ def test_winograd_non_finite_values_stay_where_native_puts_them(where):
     else:
         w[4, 2, 1, 1] = float("inf")
         w[9, 0, 0, 2] = float("nan")
-    for name, n, m in zip(("output", "grad_input"), _native(x, w, b, padding, gy), _pycnn(x, w, b, padding, gy)):
+    # Native in float64: its float32 weight gradient (oneDNN's) spreads a NaN of
+    # the input to kernel taps that never read it.
+    native = _native(x.double(), w.double(), b.double(), padding, gy.double())
+    for name, n, m in zip(NAMES, native, _pycnn(x, w, b, padding, gy)):
         assert torch.equal(torch.isfinite(m), torch.isfinite(n)), name
         finite = torch.isfinite(n)
-        torch.testing.assert_close(m[finite], n[finite], rtol=1e-4, atol=1e-4, msg=lambda s: f"{name}: {s}")
+        torch.testing.assert_close(m[finite], n[finite].float(), rtol=1e-4, atol=1e-3, msg=lambda s: f"{name}: {s}")

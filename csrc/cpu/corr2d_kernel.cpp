@@ -3,8 +3,8 @@
 // convolutions with few channels per group, and layers with few output
 // channels on mid-sized maps, run direct loops instead (corr2d_direct.h,
 // use_direct_corr2d); float32 3x3 stride-1 layers of many channels run
-// Winograd's F(2x2, 3x3) forward and in the input gradient
-// (corr2d_winograd.h, use_winograd_corr2d).
+// Winograd's F(2x2, 3x3), forward and backward (corr2d_winograd.h,
+// use_winograd_corr2d).
 //
 // The input patches that the kernel sees are unfolded into a column matrix
 // cols[C * kh * kw, samples * OH * OW] (im2col), the patches of a chunk of
@@ -558,6 +558,12 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   Tensor grad_bias = output_mask[1] ? grad_output.view({batch, out_channels, L}).sum({0, 2}) : not_computed();
   if (!output_mask[0]) {
     return {not_computed(), grad_bias};
+  }
+  if (cpu::use_winograd_corr2d(g, weight_size[0], groups, batch, input.scalar_type())) {
+    Tensor grad_weight = at::empty(weight_size, input.options());
+    if (cpu::corr2d_winograd_backward_weight(grad_output, input, g, grad_weight)) {
+      return {grad_weight, grad_bias};
+    }
   }
   if (cpu::use_direct_corr2d(g, weight_size[0], groups, batch)) {
     Tensor grad_weight = at::empty(weight_size, input.options());

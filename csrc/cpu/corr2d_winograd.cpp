@@ -234,20 +234,29 @@ PYCNN_VECTOR_CLONES void transform_output(
   }
 }
 
+// The batch's tiles in `count` blocks of `size` tiles (the last one shorter):
+// blocks of at most max_tiles, as many as the threads at least (when there
+// are tiles for it) and a multiple of them, of equal sizes.
+struct Blocks {
+  int64_t count, size;
+};
+
+Blocks plan_blocks(int64_t tiles, int64_t max_tiles) {
+  const int64_t threads = at::get_num_threads();
+  int64_t blocks = (tiles + max_tiles - 1) / max_tiles;
+  if (threads > 1 && tiles >= 32 * threads) {
+    blocks = (blocks + threads - 1) / threads * threads;
+  }
+  const int64_t size = (tiles + blocks - 1) / blocks;
+  return {(tiles + size - 1) / size, size};
+}
+
 // y (N, O, OH, OW) = the correlation of x (N, H, W, C) with the kernels
 // whose transform is `transformed` ([16, out_channels, channels]), plus bias
 // (nullptr: none).
 void run(const float* x, const at::Tensor& transformed, const float* bias, const Problem& p, float* y) {
   const int64_t tiles = p.tiles();
-  const int64_t threads = at::get_num_threads();
-  // Blocks of at most kTilesPerBlock tiles, as many as the threads at least
-  // (when there are tiles for it) and a multiple of them, of equal sizes.
-  int64_t blocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
-  if (threads > 1 && tiles >= 32 * threads) {
-    blocks = (blocks + threads - 1) / threads * threads;
-  }
-  const int64_t block_tiles = (tiles + blocks - 1) / blocks;
-  blocks = (tiles + block_tiles - 1) / block_tiles;
+  const auto [blocks, block_tiles] = plan_blocks(tiles, kTilesPerBlock);
 
   std::vector<PackedLeft> packed;
   packed.reserve(kTaps);
@@ -256,7 +265,8 @@ void run(const float* x, const at::Tensor& transformed, const float* bias, const
   }
   const std::vector<float> zeros(p.channels, 0.0f);
   const int64_t block_floats = kTaps * (p.channels + p.out_channels) * block_tiles;
-  at::Tensor scratch = at::empty({std::min(threads, blocks), block_floats + 4 * block_tiles}, transformed.options());
+  at::Tensor scratch = at::empty(
+      {std::min<int64_t>(at::get_num_threads(), blocks), block_floats + 4 * block_tiles}, transformed.options());
 
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     // Dispatch state is thread-local: a worker needs its own guard to skip
@@ -279,6 +289,120 @@ void run(const float* x, const at::Tensor& transformed, const float* bias, const
       transform_output(m.const_data_ptr<float>(), bias, p, first, count, y, work);
     }
   });
+}
+
+// The weight's gradient. With Y = Aᵀ (U ⊙ V) A for each tile, the gradient
+// of U = G g Gᵀ is, for each of the 16 taps, a sum over tiles:
+// dU[t] (O x C) = Σ_q (A dY_q Aᵀ)[t] V_q[t] -- 16 matrix products of depth
+// tiles -- and the kernel's gradient is dg = Gᵀ dU G.
+
+// w[(t * count + q) * out_channels + o] = (A e Aᵀ)[t], e the 2x2 block of
+// grad_output (N, OH, OW, O) of tile first + q and channel o, zero past the
+// edge of an odd-sized map; A = (Aᵀ)ᵀ, 4 x 2.
+PYCNN_VECTOR_CLONES void transform_grad_output(
+    const float* gy, const Problem& p, int64_t first, int64_t count, const float* zeros, float* w) {
+  const int64_t channels = p.out_channels;
+  const int64_t tap_stride = count * channels;
+  for (int64_t q = 0; q < count; ++q) {
+    const Tile tile = locate(p, first + q);
+    const float* e[2][2];
+    for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        const bool inside = tile.oh + i < p.out_h && tile.ow + j < p.out_w;
+        e[i][j] = inside ? gy + ((tile.sample * p.out_h + tile.oh + i) * p.out_w + tile.ow + j) * channels : zeros;
+      }
+    }
+    float* out = w + q * channels;
+#pragma omp simd  // the 4 rows read and the 16 written never overlap
+    for (int64_t o = 0; o < channels; ++o) {
+      float ae[4][2];  // A e
+      for (int j = 0; j < 2; ++j) {
+        const float e0 = e[0][j][o], e1 = e[1][j][o];
+        ae[0][j] = e0;
+        ae[1][j] = e0 + e1;
+        ae[2][j] = e0 - e1;
+        ae[3][j] = -e1;
+      }
+      for (int i = 0; i < 4; ++i) {  // (A e) Aᵀ, row i
+        out[(i * 4 + 0) * tap_stride + o] = ae[i][0];
+        out[(i * 4 + 1) * tap_stride + o] = ae[i][0] + ae[i][1];
+        out[(i * 4 + 2) * tap_stride + o] = ae[i][0] - ae[i][1];
+        out[(i * 4 + 3) * tap_stride + o] = -ae[i][1];
+      }
+    }
+  }
+}
+
+// Tiles of a block of the weight's gradient: each block adds its 16 products
+// onto the thread's dU (16 x O x C), so longer blocks read and write it less.
+constexpr int64_t kTilesPerGradientBlock = 512;
+
+// grad_weight (O, C, 3, 3) of the correlation of x (N, H, W, C) giving
+// grad_output gy (N, OH, OW, O); false where a sum dU is not finite (see
+// corr2d_winograd_backward_weight).
+bool run_weight_gradient(const float* x, const float* gy, const Problem& p, float* grad_weight) {
+  const int64_t tiles = p.tiles();
+  const auto [blocks, block_tiles] = plan_blocks(tiles, kTilesPerGradientBlock);
+  const int64_t slots = std::min<int64_t>(at::get_num_threads(), blocks);
+  const auto options = at::TensorOptions().dtype(at::kFloat);
+  // Each thread adds its blocks' products onto its own slot of `partial`.
+  at::Tensor partial = at::zeros({slots, kTaps, p.out_channels, p.channels}, options);
+  const std::vector<float> zeros(std::max(p.channels, p.out_channels), 0.0f);
+  const int64_t block_floats = kTaps * (p.channels + p.out_channels) * block_tiles;
+  at::Tensor scratch = at::empty({slots, block_floats}, options);
+
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see run
+    const int64_t slot = at::get_thread_num();
+    TORCH_INTERNAL_ASSERT(slot < slots);
+    at::Tensor mine = scratch[slot];
+    at::Tensor sum = partial[slot];
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t first = index * block_tiles;
+      const int64_t count = std::min(block_tiles, tiles - first);
+      const at::Tensor v = mine.narrow(0, 0, kTaps * count * p.channels).view({kTaps, count, p.channels});
+      const at::Tensor w = mine.narrow(0, kTaps * count * p.channels, kTaps * count * p.out_channels)
+                               .view({kTaps, count, p.out_channels});
+      transform_input(x, p, first, count, zeros.data(), v.mutable_data_ptr<float>());
+      transform_grad_output(gy, p, first, count, zeros.data(), w.mutable_data_ptr<float>());
+      for (int64_t t = 0; t < kTaps; ++t) {
+        at::Tensor sum_t = sum[t];
+        gemm(sum_t, w[t].t(), v[t], /*accumulate=*/true);
+      }
+    }
+  });
+
+  // dg = Gᵀ dU G for each kernel, dU the slots' sum.
+  const at::Tensor total = slots > 1 ? partial.sum(0) : partial[0];
+  const float* du = total.const_data_ptr<float>();
+  const int64_t kernels = p.out_channels * p.channels;
+  std::atomic<bool> all_finite{true};
+  at::parallel_for(0, kernels, 256, [&](int64_t begin, int64_t end) {
+    bool finite = true;
+    for (int64_t k = begin; k < end; ++k) {
+      float u[4][4];
+      for (int t = 0; t < kTaps; ++t) {
+        u[t / 4][t % 4] = du[t * kernels + k];
+        finite = finite && std::isfinite(u[t / 4][t % 4]);
+      }
+      float gu[3][4];  // Gᵀ dU
+      for (int j = 0; j < 4; ++j) {
+        gu[0][j] = u[0][j] + 0.5f * (u[1][j] + u[2][j]);
+        gu[1][j] = 0.5f * (u[1][j] - u[2][j]);
+        gu[2][j] = 0.5f * (u[1][j] + u[2][j]) + u[3][j];
+      }
+      float* dg = grad_weight + k * 9;
+      for (int i = 0; i < 3; ++i) {  // (Gᵀ dU) G, row i
+        dg[i * 3 + 0] = gu[i][0] + 0.5f * (gu[i][1] + gu[i][2]);
+        dg[i * 3 + 1] = 0.5f * (gu[i][1] - gu[i][2]);
+        dg[i * 3 + 2] = 0.5f * (gu[i][1] + gu[i][2]) + gu[i][3];
+      }
+    }
+    if (!finite) {
+      all_finite = false;
+    }
+  });
+  return all_finite;
 }
 
 }  // namespace
@@ -314,6 +438,16 @@ bool corr2d_winograd_backward_input(
   const at::Tensor grad_output_nhwc = grad_output.permute({0, 2, 3, 1}).contiguous();
   run(grad_output_nhwc.const_data_ptr<float>(), transformed, nullptr, p, grad_input.mutable_data_ptr<float>());
   return true;
+}
+
+bool corr2d_winograd_backward_weight(
+    const at::Tensor& grad_output, const at::Tensor& input, const Corr2dGeometry& g, at::Tensor& grad_weight) {
+  const Problem p{input.size(0), g.channels, g.in_h, g.in_w, g.pad_h, g.pad_w, grad_output.size(1), g.out_h, g.out_w};
+  const at::Tensor input_nhwc = input.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor grad_output_nhwc = grad_output.permute({0, 2, 3, 1}).contiguous();
+  return run_weight_gradient(
+      input_nhwc.const_data_ptr<float>(), grad_output_nhwc.const_data_ptr<float>(), p,
+      grad_weight.mutable_data_ptr<float>());
 }
 
 }  // namespace cpu

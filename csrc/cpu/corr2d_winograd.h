@@ -10,7 +10,8 @@
 //
 // The input gradient of a 3x3 stride-1 correlation is itself one: grad_input
 // = corr2d(grad_output, the weight transposed (O <-> C) and flipped, padding
-// 2 - padding), so the same code runs it.
+// 2 - padding), so the same code runs it. The weight gradient is 16 products
+// too, each summing over the batch's tiles (corr2d_winograd.cpp).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -43,6 +44,15 @@ void corr2d_winograd_forward(
 // (the caller then runs im2col + GEMM, whose col2im adds no padding in).
 bool corr2d_winograd_backward_input(
     const at::Tensor& grad_output, const at::Tensor& weight, const Corr2dGeometry& g, at::Tensor& grad_input);
+
+// grad_output (N, O, OH, OW), input (N, C, H, W), contiguous float32;
+// grad_weight (O, C, 3, 3), allocated by the caller. Returns false where an
+// inf or NaN reached the sums: dg = Gᵀ dU G mixes a kernel's 16 sums into
+// each of its 9 gradients, so one non-finite sum would make all 9 NaN where
+// native's reach only the taps that read the value (the caller then runs
+// im2col + GEMM, which overwrites grad_weight).
+bool corr2d_winograd_backward_weight(
+    const at::Tensor& grad_output, const at::Tensor& input, const Corr2dGeometry& g, at::Tensor& grad_weight);
 
 }  // namespace cpu
 }  // namespace pycnn
