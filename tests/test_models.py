@@ -223,21 +223,42 @@ def _gradient_error(grads, reference):
                for k, g in reference.items())
 
 
+def _relu_input_signs(model):
+    """Forward pre-hooks on every nn.ReLU of model; the list they fill with the sign of each input."""
+    signs = []
+    hooks = [m.register_forward_pre_hook(lambda module, args: signs.append(args[0].detach() > 0))
+             for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    return signs, hooks
+
+
 @pytest.mark.parametrize("name, batch", [("lenet_bn", 8), ("resnet18", 2)])
 def test_backends_agree_float32(name, batch, device):
     """In float32, pycnn's outputs, gradients and statistics are as close to a float64 reference
-    as native float32's (deep gradients through batch-norm lose digits in both)."""
-    ours, native = _pair_of_models(name, device)
-    reference = create(name, backend="native").to(device=device, dtype=torch.float64)
-    reference.load_state_dict(native.state_dict())
-    x = _input(ours, batch=batch, device=device)
-    results = {}
-    for key, model in (("pycnn", ours), ("native", native), ("reference", reference)):
-        model.train()
-        out = model(x.to(next(model.parameters()).dtype))
-        out.square().mean().backward()
-        results[key] = (out.detach(), {k: p.grad for k, p in model.named_parameters()},
-                        {k: b for k, b in model.named_buffers()})
+    as native float32's (deep gradients through batch-norm lose digits in both).
+
+    A ReLU whose input lies within float32 rounding of zero may go either way in either
+    backend, and through training-mode batch-norm that one decision moves a whole channel's
+    gradient: such an input is not a comparison of the kernels, so it is drawn again (a
+    ResNet-18 step has about 10^6 ReLU inputs, and now and then one falls that close)."""
+    for _ in range(5):
+        ours, native = _pair_of_models(name, device)
+        reference = create(name, backend="native").to(device=device, dtype=torch.float64)
+        reference.load_state_dict(native.state_dict())
+        x = _input(ours, batch=batch, device=device)
+        results, signs = {}, {}
+        for key, model in (("pycnn", ours), ("native", native), ("reference", reference)):
+            signs[key], hooks = _relu_input_signs(model)
+            model.train()
+            out = model(x.to(next(model.parameters()).dtype))
+            out.square().mean().backward()
+            for hook in hooks:
+                hook.remove()
+            results[key] = (out.detach(), {k: p.grad for k, p in model.named_parameters()},
+                            {k: b for k, b in model.named_buffers()})
+        if all(torch.equal(a, b) for key in ("pycnn", "native") for a, b in zip(signs[key], signs["reference"])):
+            break
+    else:
+        pytest.fail("five inputs in a row had a ReLU decided by float32 rounding")
     ref_out, ref_grads, ref_buffers = results["reference"]
     assert_close_scaled(results["pycnn"][0], ref_out, torch.float32, "conv", msg=f"{name} training output")
     ours_error = _gradient_error(results["pycnn"][1], ref_grads)

@@ -38,17 +38,19 @@ namespace {
 constexpr int64_t kTaps = 16;  // entries of a 4x4 tile
 
 // Below this many channels on either side, the 16 products are too shallow
-// or too narrow to repay the transforms: with 16 and 32 channels im2col + GEMM
-// (or the direct loops, for DenseNet's 32-output layers) did better, with 64
-// Winograd did.
-constexpr int64_t kMinChannels = 64;
+// or too narrow to repay the transforms: with 16 channels im2col + GEMM did
+// better, with 32 (DenseNet's 32-output layers) Winograd did.
+constexpr int64_t kMinChannels = 32;
 
-// Below this many tiles in the batch, transforming and packing the weight
-// (16 x O x C values, again for every call, as training changes it) costs
-// more than the multiply-adds saved: with 288 tiles (batch 8, 12x12 outputs,
-// 128 channels) the forward ran at about im2col + GEMM's speed, with 72 (6x6)
-// at half of it.
-constexpr int64_t kMinTiles = 512;
+// Below this many tiles in the batch, transforming the weight (16 x O x C
+// values, again for every call, as training changes it) costs more than the
+// multiply-adds saved.
+constexpr int64_t kMinTiles = 64;
+
+// Outputs narrower than this (ResNet's and DenseNet's 3x3 maps) fill 2x2
+// tiles poorly: a 3x3 output takes 4 tiles of 16 products, 64 against the 81
+// multiply-adds of the direct sum, and the transforms cost more than that saves.
+constexpr int64_t kMinOutputSize = 4;
 
 // Tiles of a block: wide enough products for the GEMM's 32-column tiles,
 // small enough that a block's transformed input and products stay in cache.
@@ -60,6 +62,52 @@ bool winograd_enabled() {
     return value == nullptr || std::strcmp(value, "0") != 0;
   }();
   return enabled;
+}
+
+// The transforms' loops are vector loops (over channels, or over the
+// kernels of a row of U): GCC compiles each of them three times, for
+// AVX-512, AVX2 and any x86-64, and the CPU picks one when the library loads.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYCNN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PYCNN_VECTOR_CLONES
+#endif
+
+// u[t * tap_stride + n] = (G g_n Gᵀ)[t] for the kernels g_n, n < count, whose
+// 9 values start at kernels + n * kernel_stride (flipped in both axes when
+// `flip`). Returns whether every value was finite.
+PYCNN_VECTOR_CLONES bool transform_kernels(
+    const float* kernels, int64_t kernel_stride, bool flip, int64_t count, float* u, int64_t tap_stride) {
+  int64_t offsets[9];
+  for (int k = 0; k < 9; ++k) {
+    offsets[k] = flip ? 8 - k : k;
+  }
+  float probe = 0.0f;  // 0 * every value: NaN if one is inf or NaN
+#pragma omp simd reduction(+ : probe)
+  for (int64_t n = 0; n < count; ++n) {
+    const float* kernel = kernels + n * kernel_stride;
+    float g[3][3];
+    for (int i = 0; i < 3; ++i) {
+      for (int j = 0; j < 3; ++j) {
+        g[i][j] = kernel[offsets[i * 3 + j]];
+        probe += 0.0f * g[i][j];
+      }
+    }
+    float gg[4][3];  // G g
+    for (int j = 0; j < 3; ++j) {
+      gg[0][j] = g[0][j];
+      gg[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
+      gg[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
+      gg[3][j] = g[2][j];
+    }
+    for (int i = 0; i < 4; ++i) {  // (G g) Gᵀ, row i
+      u[(i * 4 + 0) * tap_stride + n] = gg[i][0];
+      u[(i * 4 + 1) * tap_stride + n] = 0.5f * (gg[i][0] + gg[i][1] + gg[i][2]);
+      u[(i * 4 + 2) * tap_stride + n] = 0.5f * (gg[i][0] - gg[i][1] + gg[i][2]);
+      u[(i * 4 + 3) * tap_stride + n] = gg[i][2];
+    }
+  }
+  return probe == 0.0f;
 }
 
 // U[t][row][col] = (G g Gᵀ)[t] for each kernel. Forward: row = o, col = c,
@@ -74,39 +122,17 @@ at::Tensor transform_weight(const at::Tensor& weight, bool for_input_gradient, b
   at::Tensor transformed = at::empty({kTaps, rows, depth}, weight.options());
   const float* w = weight.const_data_ptr<float>();
   float* u = transformed.mutable_data_ptr<float>();
+  // Along a row of U: the next input channel's kernel (forward), or the next
+  // output channel's (input gradient).
+  const int64_t row_stride = for_input_gradient ? 9 : channels * 9;
+  const int64_t col_stride = for_input_gradient ? channels * 9 : 9;
   std::atomic<bool> all_finite{true};
-  at::parallel_for(0, out_channels, 1, [&](int64_t begin, int64_t end) {
-    bool block_finite = true;
-    for (int64_t o = begin; o < end; ++o) {
-      for (int64_t c = 0; c < channels; ++c) {
-        const float* kernel = w + (o * channels + c) * 9;
-        float g[3][3];
-        for (int i = 0; i < 3; ++i) {
-          for (int j = 0; j < 3; ++j) {
-            g[i][j] = for_input_gradient ? kernel[(2 - i) * 3 + (2 - j)] : kernel[i * 3 + j];
-            block_finite = block_finite && std::isfinite(g[i][j]);
-          }
-        }
-        float gg[4][3];  // G g
-        for (int j = 0; j < 3; ++j) {
-          gg[0][j] = g[0][j];
-          gg[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
-          gg[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
-          gg[3][j] = g[2][j];
-        }
-        const int64_t row = for_input_gradient ? c : o;
-        const int64_t col = for_input_gradient ? o : c;
-        for (int i = 0; i < 4; ++i) {  // (G g) Gᵀ, row i
-          const float entries[4] = {gg[i][0], 0.5f * (gg[i][0] + gg[i][1] + gg[i][2]),
-                                    0.5f * (gg[i][0] - gg[i][1] + gg[i][2]), gg[i][2]};
-          for (int j = 0; j < 4; ++j) {
-            u[((i * 4 + j) * rows + row) * depth + col] = entries[j];
-          }
-        }
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      if (!transform_kernels(
+              w + row * row_stride, col_stride, for_input_gradient, depth, u + row * depth, rows * depth)) {
+        all_finite = false;
       }
-    }
-    if (!block_finite) {
-      all_finite = false;
     }
   });
   if (finite != nullptr) {
@@ -140,13 +166,7 @@ inline Tile locate(const Problem& p, int64_t index) {
 // channels-last (N, H, W, C), so that the 16 values of a tile's 4x4 block are
 // 16 rows of C contiguous channels, and each block's transformed input is
 // stored v[t][q][c] -- tile q's channels contiguous -- which the GEMM reads
-// as the transposed view [C, tiles]. GCC compiles the loops three times, for
-// AVX-512, AVX2 and any x86-64, and the CPU picks one when the library loads.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYCNN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PYCNN_VECTOR_CLONES
-#endif
+// as the transposed view [C, tiles].
 
 // v[(t * count + q) * channels + c] = (Bᵀ d B)[t], d the 4x4 input block of
 // channel c that tile first + q reads, zero outside the input; x (N, H, W, C).
@@ -410,9 +430,10 @@ bool run_weight_gradient(const float* x, const float* gy, const Problem& p, floa
 bool use_winograd_corr2d(
     const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype) {
   const int64_t tiles = batch * ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2);
-  return winograd_enabled() && tiles >= kMinTiles && dtype == at::kFloat && groups == 1 && g.kernel_h == 3 &&
-      g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.pad_h <= 2 &&
-      g.pad_w <= 2 && g.channels >= kMinChannels && out_channels >= kMinChannels && g.out_h >= 2 && g.out_w >= 2;
+  return winograd_enabled() && dtype == at::kFloat && groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 &&
+      g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.pad_h <= 2 && g.pad_w <= 2 &&
+      g.channels >= kMinChannels && out_channels >= kMinChannels && g.out_h >= kMinOutputSize &&
+      g.out_w >= kMinOutputSize && tiles >= kMinTiles;
 }
 
 void corr2d_winograd_forward(
