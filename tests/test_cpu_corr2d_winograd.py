@@ -1,8 +1,8 @@
 """corr2d's Winograd path on the CPU (csrc/cpu/corr2d_winograd.cpp):
 F(2x2, 3x3) for float32 3x3 convolutions with stride 1, no dilation, no
-groups, padding at most 2, at least 32 channels on each side, an output of at
-least 4x4 and at least 64 2x2 tiles of output in the batch: forward, input
-gradient and weight gradient.
+groups, padding at most 2, at least 32 channels on each side (or 128 input
+channels and 8 output channels), an output of at least 4x4 and at least 64 2x2
+tiles of output in the batch: forward, input gradient and weight gradient.
 
 The cases cross what the tiling can get wrong: odd output sizes (tiles that
 hang over the edge of the map), padding 0, 1 and 2 and unequal padding
@@ -31,6 +31,7 @@ CASES = [
     (9, 64, (15, 15), 80, (1, 1)),  # 576 tiles: several blocks
     (8, 64, (24, 24), 96, (1, 1)),  # 1,152 tiles: blocks spread over the threads
     (8, 130, (6, 6), 100, (1, 1)),  # channels past the GEMM's 12-row and 32-column tiles
+    (8, 384, (5, 5), 10, (1, 1)),  # many input channels, few output channels (NiN's 3x3 384 -> 10)
 ]
 
 
@@ -91,12 +92,14 @@ def test_winograd_matches_native_to_float32_accuracy(case):
 
 @pytest.mark.parametrize(
     "channels, out_channels, batch, size",
-    [(31, 32, 2, 12), (32, 31, 2, 12), (32, 32, 2, 12), (32, 32, 1, 12), (32, 32, 16, 3)],
+    [(31, 32, 2, 12), (32, 31, 2, 12), (32, 32, 2, 12), (32, 32, 1, 12), (32, 32, 16, 3), (128, 7, 2, 12),
+     (128, 8, 2, 12), (127, 8, 2, 12)],
 )
 def test_either_side_of_the_winograd_thresholds(channels, out_channels, batch, size):
-    """31 channels on either side, 36 tiles (one 12x12 output) or a 3x3 output
-    run im2col + GEMM (or the direct loops); 32 channels, 72 tiles and a 12x12
-    output Winograd: each agrees with native."""
+    """31 channels on either side, 36 tiles (one 12x12 output), a 3x3 output, 128
+    channels to 7 or 127 to 8 run im2col + GEMM (or the direct loops); 32
+    channels, 72 tiles and a 12x12 output, or 128 channels to 8, Winograd: each
+    agrees with native."""
     case = (batch, channels, (size, size), out_channels, (1, 1))
     x, w, b = (t.float() for t in _tensors(case))
     gy = torch.randn(batch, out_channels, size, size, generator=torch.Generator().manual_seed(2))

@@ -23,7 +23,7 @@ namespace cpu {
 
 // Whether corr2d of this geometry runs Winograd's F(2x2, 3x3): float32, a
 // 3x3 kernel, stride 1, dilation 1, ungrouped, padding at most 2, enough
-// channels on both sides for the 16 products to be GEMM-sized, an output map
+// channels for the 16 products to be GEMM-sized, an output map
 // of at least 4x4 and enough 2x2 tiles in the batch to repay the weight's
 // transform (the thresholds, measured, are in corr2d_winograd.cpp).
 // PYCNN_CPU_WINOGRAD=0 in the environment turns it off, to compare.
