@@ -347,6 +347,28 @@ void for_each_sample(int64_t batch, const Body& body) {
   });
 }
 
+// A plain 1x1 layer (stride 1, no padding, ungrouped) on a small map --
+// GoogLeNet's 832-channel layers on 3x3: a sample's product would be a few
+// columns wide, and the chunk path's im2col and transposes copy the input
+// and output row by row, a few elements at a time (at batch 64, 0.8 ms
+// against the GEMM's 0.05). The whole batch is one product instead,
+// channel-major: x as [C, N * L] (one permuting copy), out = w @ x as
+// [O, N * L], permuted back into (N, O, H, W) -- each copy one ATen call.
+inline bool pointwise_as_one_product(const Corr2dGeometry& g, int64_t groups, int64_t batch, const Tensor& t) {
+  return g.columns_are_input() && groups == 1 && batch > 1 && g.column_cols() < kMinColumnsPerSample &&
+      t.scalar_type() == at::kFloat;
+}
+
+// t (N, C, H, W) as the matrix [C, N * H * W].
+Tensor channel_major(const Tensor& t) {
+  return t.transpose(0, 1).reshape({t.size(1), -1});
+}
+
+// The matrix m [C, N * H * W] written into out (N, C, H, W).
+void copy_from_channel_major(Tensor& out, const Tensor& m) {
+  out.copy_(m.view({out.size(1), out.size(0), out.size(2), out.size(3)}).transpose(0, 1));
+}
+
 // --- entry points -----------------------------------------------------------
 
 Tensor corr2d_cpu(
@@ -374,6 +396,16 @@ Tensor corr2d_cpu(
   }
   if (cpu::use_direct_corr2d(g, weight.size(0), groups, input.size(0))) {
     cpu::corr2d_direct_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, groups, output);
+    return output.contiguous(input_arg.suggest_memory_format());
+  }
+  if (pointwise_as_one_product(g, groups, input.size(0), input)) {
+    const Tensor x = channel_major(input);
+    Tensor result = at::empty({weight.size(0), x.size(1)}, input.options());
+    if (has_bias) {
+      result.copy_(bias_arg->view({-1, 1}).expand_as(result));
+    }
+    cpu::gemm(result, weight.view({weight.size(0), -1}), x, /*accumulate=*/has_bias);
+    copy_from_channel_major(output, result);
     return output.contiguous(input_arg.suggest_memory_format());
   }
   const int64_t out_channels = weight.size(0);
@@ -462,6 +494,13 @@ Tensor corr2d_backward_input_cpu(
   }
   if (cpu::use_direct_corr2d(g, weight.size(0), groups, input_size[0])) {
     cpu::corr2d_direct_backward_input(grad_output, weight, g, groups, grad_input);
+    return grad_input.contiguous(grad_output_arg.suggest_memory_format());
+  }
+  if (pointwise_as_one_product(g, groups, input_size[0], grad_output)) {  // grad_x = wᵀ @ grad_out
+    const Tensor grad_out = channel_major(grad_output);
+    Tensor result = at::empty({g.channels, grad_out.size(1)}, grad_output.options());
+    cpu::gemm(result, weight.view({weight.size(0), -1}).t(), grad_out, /*accumulate=*/false);
+    copy_from_channel_major(grad_input, result);
     return grad_input.contiguous(grad_output_arg.suggest_memory_format());
   }
   const int64_t out_channels = weight.size(0);
@@ -569,6 +608,11 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
     Tensor grad_weight = at::empty(weight_size, input.options());
     cpu::corr2d_direct_backward_weight(grad_output, input, g, groups, grad_weight);
     return {grad_weight, grad_bias};
+  }
+  if (pointwise_as_one_product(g, groups, batch, input)) {  // grad_w = grad_out @ xᵀ
+    Tensor grad_weight = at::empty({out_channels, g.channels}, input.options());
+    cpu::gemm(grad_weight, channel_major(grad_output), channel_major(input).t(), /*accumulate=*/false);
+    return {grad_weight.view(weight_size), grad_bias};
   }
 
   // Each thread accumulates its chunks' contributions into its own slot; the
