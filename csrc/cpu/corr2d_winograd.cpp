@@ -362,6 +362,43 @@ PYCNN_VECTOR_CLONES void transform_grad_output(
 // onto the thread's dU (16 x O x C), so longer blocks read and write it less.
 constexpr int64_t kTilesPerGradientBlock = 512;
 
+// dg[k] = Gᵀ dU_k G for the kernels k in [begin, end), dU_k's 16 entries at
+// du[t * kernels + k], after adding into them the other `slots` - 1 partial
+// sums, `slot_stride` apart. Returns whether every sum was finite.
+PYCNN_VECTOR_CLONES bool transform_weight_gradient(
+    float* du, int64_t slots, int64_t slot_stride, int64_t kernels, int64_t begin, int64_t end, float* dg) {
+  for (int64_t slot = 1; slot < slots; ++slot) {
+    for (int t = 0; t < kTaps; ++t) {
+      float* into = du + t * kernels;
+      const float* from = du + slot * slot_stride + t * kernels;
+      for (int64_t k = begin; k < end; ++k) {
+        into[k] += from[k];
+      }
+    }
+  }
+  bool finite = true;
+  for (int64_t k = begin; k < end; ++k) {
+    float u[4][4];
+    for (int t = 0; t < kTaps; ++t) {
+      u[t / 4][t % 4] = du[t * kernels + k];
+      finite = finite && std::isfinite(u[t / 4][t % 4]);
+    }
+    float gu[3][4];  // Gᵀ dU
+    for (int j = 0; j < 4; ++j) {
+      gu[0][j] = u[0][j] + 0.5f * (u[1][j] + u[2][j]);
+      gu[1][j] = 0.5f * (u[1][j] - u[2][j]);
+      gu[2][j] = 0.5f * (u[1][j] + u[2][j]) + u[3][j];
+    }
+    float* out = dg + k * 9;
+    for (int i = 0; i < 3; ++i) {  // (Gᵀ dU) G, row i
+      out[i * 3 + 0] = gu[i][0] + 0.5f * (gu[i][1] + gu[i][2]);
+      out[i * 3 + 1] = 0.5f * (gu[i][1] - gu[i][2]);
+      out[i * 3 + 2] = 0.5f * (gu[i][1] + gu[i][2]) + gu[i][3];
+    }
+  }
+  return finite;
+}
+
 // grad_weight (O, C, 3, 3) of the correlation of x (N, H, W, C) giving
 // grad_output gy (N, OH, OW, O); false where a sum dU is not finite (see
 // corr2d_winograd_backward_weight).
@@ -370,8 +407,9 @@ bool run_weight_gradient(const float* x, const float* gy, const Problem& p, floa
   const auto [blocks, block_tiles] = plan_blocks(tiles, kTilesPerGradientBlock);
   const int64_t slots = std::min<int64_t>(at::get_num_threads(), blocks);
   const auto options = at::TensorOptions().dtype(at::kFloat);
-  // Each thread adds its blocks' products onto its own slot of `partial`.
-  at::Tensor partial = at::zeros({slots, kTaps, p.out_channels, p.channels}, options);
+  // Each thread sums its blocks' products into its own slot of `partial`
+  // (every thread gets at least one block: the first one overwrites).
+  at::Tensor partial = at::empty({slots, kTaps, p.out_channels, p.channels}, options);
   const std::vector<float> zeros(std::max(p.channels, p.out_channels), 0.0f);
   const int64_t block_floats = kTaps * (p.channels + p.out_channels) * block_tiles;
   at::Tensor scratch = at::empty({slots, block_floats}, options);
@@ -392,38 +430,17 @@ bool run_weight_gradient(const float* x, const float* gy, const Problem& p, floa
       transform_grad_output(gy, p, first, count, zeros.data(), w.mutable_data_ptr<float>());
       for (int64_t t = 0; t < kTaps; ++t) {
         at::Tensor sum_t = sum[t];
-        gemm(sum_t, w[t].t(), v[t], /*accumulate=*/true);
+        gemm(sum_t, w[t].t(), v[t], /*accumulate=*/index != begin);
       }
     }
   });
 
   // dg = Gᵀ dU G for each kernel, dU the slots' sum.
-  const at::Tensor total = slots > 1 ? partial.sum(0) : partial[0];
-  const float* du = total.const_data_ptr<float>();
   const int64_t kernels = p.out_channels * p.channels;
   std::atomic<bool> all_finite{true};
   at::parallel_for(0, kernels, 256, [&](int64_t begin, int64_t end) {
-    bool finite = true;
-    for (int64_t k = begin; k < end; ++k) {
-      float u[4][4];
-      for (int t = 0; t < kTaps; ++t) {
-        u[t / 4][t % 4] = du[t * kernels + k];
-        finite = finite && std::isfinite(u[t / 4][t % 4]);
-      }
-      float gu[3][4];  // Gᵀ dU
-      for (int j = 0; j < 4; ++j) {
-        gu[0][j] = u[0][j] + 0.5f * (u[1][j] + u[2][j]);
-        gu[1][j] = 0.5f * (u[1][j] - u[2][j]);
-        gu[2][j] = 0.5f * (u[1][j] + u[2][j]) + u[3][j];
-      }
-      float* dg = grad_weight + k * 9;
-      for (int i = 0; i < 3; ++i) {  // (Gᵀ dU) G, row i
-        dg[i * 3 + 0] = gu[i][0] + 0.5f * (gu[i][1] + gu[i][2]);
-        dg[i * 3 + 1] = 0.5f * (gu[i][1] - gu[i][2]);
-        dg[i * 3 + 2] = 0.5f * (gu[i][1] + gu[i][2]) + gu[i][3];
-      }
-    }
-    if (!finite) {
+    if (!transform_weight_gradient(
+            partial.mutable_data_ptr<float>(), slots, kTaps * kernels, kernels, begin, end, grad_weight)) {
       all_finite = false;
     }
   });
