@@ -290,14 +290,17 @@ void run(const float* x, const at::Tensor& transformed, const float* bias, const
   }
   const std::vector<float> zeros(p.channels, 0.0f);
   const int64_t block_floats = kTaps * (p.channels + p.out_channels) * block_tiles;
-  at::Tensor scratch = at::empty(
-      {std::min<int64_t>(at::get_num_threads(), blocks), block_floats + 4 * block_tiles}, transformed.options());
+  // One slot per thread that gets blocks: at::parallel_for numbers them from 0.
+  const int64_t slots = std::min<int64_t>(at::get_num_threads(), blocks);
+  at::Tensor scratch = at::empty({slots, block_floats + 4 * block_tiles}, transformed.options());
 
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     // Dispatch state is thread-local: a worker needs its own guard to skip
     // autograd in the ATen calls below (the kernel is what autograd records).
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor mine = scratch[std::min<int64_t>(at::get_thread_num(), scratch.size(0) - 1)];
+    const int64_t slot = at::get_thread_num();
+    TORCH_INTERNAL_ASSERT(slot < slots);  // two threads on one slot would race
+    at::Tensor mine = scratch[slot];
     float* work = mine.mutable_data_ptr<float>() + block_floats;
     for (int64_t index = begin; index < end; ++index) {
       const int64_t first = index * block_tiles;
