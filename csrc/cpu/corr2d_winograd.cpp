@@ -41,7 +41,7 @@ constexpr int64_t kTaps = 16;  // entries of a 4x4 tile
 // or too narrow to repay the transforms: with 16 channels im2col + GEMM did
 // better, with 32 (DenseNet's 32-output layers) Winograd did (forward and
 // both gradients together). With many input channels, fewer output channels
-// do: NiN's 3x3 384 -> 10 on a 5x5 map took 0.55 of im2col's time, 128 -> 10
+// do: NiN's 3x3 384 -> 10 on a 5x5 map took 0.4 of im2col's time, 128 -> 10
 // and 128 -> 16 on 12x12 0.8; 64 -> 16 on 24x24 took 1.3.
 constexpr int64_t kMinChannels = 32;
 constexpr int64_t kManyChannels = 128;
