@@ -4,7 +4,9 @@
 // channels on mid-sized maps, run direct loops instead (corr2d_direct.h,
 // use_direct_corr2d); float32 3x3 stride-1 layers of many channels run
 // Winograd's F(2x2, 3x3), forward and backward (corr2d_winograd.h,
-// use_winograd_corr2d).
+// use_winograd_corr2d); float32 layers with small output maps and at most
+// 128 outputs run im2col over channels-last rows, the whole batch one
+// product (corr2d_rows.h, use_rows_corr2d).
 //
 // The input patches that the kernel sees are unfolded into a column matrix
 // cols[C * kh * kw, samples * OH * OW] (im2col), the patches of a chunk of
@@ -28,6 +30,7 @@
 #include <vector>
 
 #include "corr2d_direct.h"
+#include "corr2d_rows.h"
 #include "corr2d_winograd.h"
 #include "gemm.h"
 #include "pycnn/checks.h"
@@ -398,6 +401,10 @@ Tensor corr2d_cpu(
     cpu::corr2d_direct_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, groups, output);
     return output.contiguous(input_arg.suggest_memory_format());
   }
+  if (cpu::use_rows_corr2d(g, weight.size(0), groups, input.scalar_type())) {
+    return cpu::corr2d_rows_forward(input_arg, weight, has_bias ? bias_arg->contiguous() : Tensor(), g)
+        .contiguous(input_arg.suggest_memory_format());
+  }
   if (pointwise_as_one_product(g, groups, input.size(0), input)) {
     const Tensor x = channel_major(input);
     Tensor result = at::empty({weight.size(0), x.size(1)}, input.options());
@@ -495,6 +502,10 @@ Tensor corr2d_backward_input_cpu(
   if (cpu::use_direct_corr2d(g, weight.size(0), groups, input_size[0])) {
     cpu::corr2d_direct_backward_input(grad_output, weight, g, groups, grad_input);
     return grad_input.contiguous(grad_output_arg.suggest_memory_format());
+  }
+  if (cpu::use_rows_corr2d(g, weight.size(0), groups, grad_output.scalar_type())) {
+    return cpu::corr2d_rows_backward_input(grad_output_arg, weight, g)
+        .contiguous(grad_output_arg.suggest_memory_format());
   }
   if (pointwise_as_one_product(g, groups, input_size[0], grad_output)) {  // grad_x = wᵀ @ grad_out
     const Tensor grad_out = channel_major(grad_output);
@@ -608,6 +619,9 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
     Tensor grad_weight = at::empty(weight_size, input.options());
     cpu::corr2d_direct_backward_weight(grad_output, input, g, groups, grad_weight);
     return {grad_weight, grad_bias};
+  }
+  if (cpu::use_rows_corr2d(g, out_channels, groups, input.scalar_type())) {
+    return {cpu::corr2d_rows_backward_weight(grad_output_arg, input_arg, g, out_channels), grad_bias};
   }
   if (pointwise_as_one_product(g, groups, batch, input)) {  // grad_w = grad_out @ xᵀ
     Tensor grad_weight = at::empty({out_channels, g.channels}, input.options());
