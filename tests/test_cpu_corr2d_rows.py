@@ -120,3 +120,12 @@ def test_rows_infinite_input_reaches_the_outputs_that_read_it():
     assert torch.equal(grad_weight.isfinite(), expected_grad_weight.isfinite())
     finite = expected.isfinite()
     torch.testing.assert_close(output[finite].double(), expected[finite], rtol=1e-5, atol=1e-4)
+
+
+def test_rows_empty_batch():
+    """A batch of no samples: empty output and input gradient, a zero weight gradient."""
+    case = (0, 16, (6, 6), 8, (3, 3), 1, 1, 1)
+    x, w, b, gy = _draw(case, seed=6)
+    output, grad_input, grad_weight, grad_bias = _pycnn(x, w, b, gy, _args(case))
+    assert output.shape == (0, 8, 6, 6) and grad_input.shape == (0, 16, 6, 6)
+    assert torch.equal(grad_weight, torch.zeros_like(w)) and torch.equal(grad_bias, torch.zeros(8))

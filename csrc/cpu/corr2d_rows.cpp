@@ -134,16 +134,17 @@ at::Tensor channels_last_rows(const at::Tensor& t) {
   return t.permute({0, 2, 3, 1}).contiguous();
 }
 
-// Samples per chunk: as many as keep the column matrix within kMaxRowsElements.
+// Samples per chunk (batch >= 1, a non-empty map): as many as keep the
+// column matrix within kMaxRowsElements.
 int64_t samples_per_chunk(const Corr2dGeometry& g, int64_t batch) {
-  return std::clamp<int64_t>(kMaxRowsElements / (g.column_cols() * g.column_rows()), 1, batch);
+  return std::clamp<int64_t>(kMaxRowsElements / (g.column_cols() * g.column_rows()), 1, std::max<int64_t>(batch, 1));
 }
 
 }  // namespace
 
 bool use_rows_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, at::ScalarType dtype) {
   return rows_enabled() && dtype == at::kFloat && groups == 1 && !g.columns_are_input() && g.channels >= kMinChannels &&
-      out_channels <= kMaxOutputChannels && g.column_cols() < kMaxOutputPositions;
+      out_channels <= kMaxOutputChannels && g.column_cols() > 0 && g.column_cols() < kMaxOutputPositions;
 }
 
 at::Tensor corr2d_rows_forward(
@@ -189,6 +190,9 @@ at::Tensor corr2d_rows_backward_weight(
     const at::Tensor& grad_output, const at::Tensor& input, const Corr2dGeometry& g, int64_t out_channels) {
   const int64_t batch = input.size(0), O = out_channels, L = g.column_cols(), K = g.column_rows();
   const at::Tensor x = channels_last_rows(input);
+  if (batch == 0) {  // no samples, nothing summed: a zero gradient (the loop below writes nothing)
+    return at::zeros({O, g.channels, g.kernel_h, g.kernel_w}, input.options());
+  }
   const at::Tensor grad_out_rows = channels_last_rows(grad_output).view({batch * L, O});
   at::Tensor grad_w_rows = at::empty({O, K}, input.options());
   const int64_t chunk = samples_per_chunk(g, batch);
