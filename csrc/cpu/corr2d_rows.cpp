@@ -31,16 +31,17 @@ namespace pycnn {
 namespace cpu {
 namespace {
 
-// An output map of fewer positions than this (a 12x12 map and smaller; the
-// models' 6x6 and 3x3 stages) runs the rows; larger ones keep the im2col
-// path, whose map-row copies are long enough there and whose samples spread
-// over the threads with the weight packed once (python -m pycnn.bench ops).
+// An output map of fewer positions than this (11x11 and smaller: the
+// models' 7x7, 6x6, 5x5 and 3x3 stages) runs the rows; larger ones keep the
+// im2col path, whose map-row copies are long enough there and whose samples
+// spread over the threads with the weight packed once (python -m pycnn.bench
+// ops).
 constexpr int64_t kMaxOutputPositions = 128;
 // Fewer input channels make each tap's run too short to beat im2col's copies.
 constexpr int64_t kMinChannels = 8;
-// More output channels than this keep im2col: with the weight the wider
-// operand, the products [positions, kh * kw * C] @ [kh * kw * C, O] ran slower
-// than im2col's transposed ones (GoogLeNet's 96 -> 208 on 6x6 at batch 1:
+// More output channels than this keep im2col: there the products
+// [positions, kh * kw * C] @ [kh * kw * C, O] ran slower than im2col's
+// [O, C * kh * kw] @ [C * kh * kw, positions] (GoogLeNet's 96 -> 208 on 6x6 at batch 1:
 // forward 0.40 ms against 0.27, ResNet-18's 1x1 stride-2 128 -> 256 at
 // batch 64: 3.2 against 1.8), where 10 to 128 outputs ran 1.2-2 times faster.
 constexpr int64_t kMaxOutputChannels = 128;
@@ -134,6 +135,11 @@ at::Tensor channels_last_rows(const at::Tensor& t) {
   return t.permute({0, 2, 3, 1}).contiguous();
 }
 
+// The weight (O, C, kh, kw) as w_rows[o, (i, j, c)], the order of a row's taps.
+at::Tensor weight_rows(const at::Tensor& weight) {
+  return weight.permute({0, 2, 3, 1}).contiguous().view({weight.size(0), -1});
+}
+
 // Samples per chunk (batch >= 1, a non-empty map): as many as keep the
 // column matrix within kMaxRowsElements.
 int64_t samples_per_chunk(const Corr2dGeometry& g, int64_t batch) {
@@ -151,7 +157,7 @@ at::Tensor corr2d_rows_forward(
     const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const Corr2dGeometry& g) {
   const int64_t batch = input.size(0), O = weight.size(0), L = g.column_cols(), K = g.column_rows();
   const at::Tensor x = channels_last_rows(input);
-  const at::Tensor w_rows = weight.permute({0, 2, 3, 1}).contiguous().view({O, K});
+  const at::Tensor w_rows = weight_rows(weight);
   at::Tensor out = at::empty({batch, g.out_h, g.out_w, O}, input.options());
   const at::Tensor out_rows = out.view({batch * L, O});
   if (bias.defined()) {
@@ -173,7 +179,7 @@ at::Tensor corr2d_rows_backward_input(
     const at::Tensor& grad_output, const at::Tensor& weight, const Corr2dGeometry& g) {
   const int64_t batch = grad_output.size(0), O = weight.size(0), L = g.column_cols(), K = g.column_rows();
   const at::Tensor grad_out_rows = channels_last_rows(grad_output).view({batch * L, O});
-  const at::Tensor w_rows = weight.permute({0, 2, 3, 1}).contiguous().view({O, K});
+  const at::Tensor w_rows = weight_rows(weight);
   at::Tensor grad_x = at::empty({batch, g.in_h, g.in_w, g.channels}, grad_output.options());
   const int64_t chunk = samples_per_chunk(g, batch);
   at::Tensor grad_rows = at::empty({chunk * L, K}, grad_output.options());
@@ -189,10 +195,10 @@ at::Tensor corr2d_rows_backward_input(
 at::Tensor corr2d_rows_backward_weight(
     const at::Tensor& grad_output, const at::Tensor& input, const Corr2dGeometry& g, int64_t out_channels) {
   const int64_t batch = input.size(0), O = out_channels, L = g.column_cols(), K = g.column_rows();
-  const at::Tensor x = channels_last_rows(input);
   if (batch == 0) {  // no samples, nothing summed: a zero gradient (the loop below writes nothing)
     return at::zeros({O, g.channels, g.kernel_h, g.kernel_w}, input.options());
   }
+  const at::Tensor x = channels_last_rows(input);
   const at::Tensor grad_out_rows = channels_last_rows(grad_output).view({batch * L, O});
   at::Tensor grad_w_rows = at::empty({O, K}, input.options());
   const int64_t chunk = samples_per_chunk(g, batch);
