@@ -10,7 +10,8 @@ two and one at a time. The cases below cross each of those: every stride
 from 1 to 3 (and unequal ones), dilations that land taps in different phases,
 padding larger than the kernel reach, 1x1 kernels with stride 2 (phases no
 tap reads), channel multipliers 1 to 7 (blocks of 4 + 2 + 1), 1 to 16
-channels per group and ungrouped layers, maps narrower than one vector. Each result is checked
+channels per group and ungrouped layers, maps narrower than one vector, and
+one sample split over 1 to 8 threads by blocks of channels. Each result is checked
 against native in float64, forward and both gradients; float32 against
 native float32.
 """
@@ -40,6 +41,14 @@ CASES = [
     (2, 40, (14, 14), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # ungrouped, 32 outputs (DenseNet's layers)
     (2, 1, (28, 28), 6, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # ungrouped, one input channel (LeNet's first layer)
     (3, 8, (13, 12), 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # 20 outputs: weight blocks of 8, 8 and 4
+]
+
+# One sample of an ungrouped layer: the forward's outputs and the input
+# gradient's channels cut into blocks (multiples of 4), one a thread.
+BATCH_1_CASES = [
+    (1, 40, (14, 14), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # even blocks
+    (1, 10, (12, 12), 30, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # 30 outputs: 16 + 14 on two threads; 10 inputs: 8 + 2
+    (1, 3, (16, 15), 6, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # 6 outputs: 4 + 2; 3 inputs: one block
 ]
 
 
@@ -116,3 +125,17 @@ def test_either_side_of_the_direct_path(channels_per_group):
     native, mine = _both(case, *_tensors(case, torch.float64))
     for a, b in zip(native, mine):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("case", BATCH_1_CASES, ids=_ids)
+def test_direct_batch_1_split_over_threads(case, threads):
+    """Batch 1 on any number of threads (blocks of 4 to all of the channels) agrees with native."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native, mine = _both(case, *_tensors(case, torch.float64))
+    finally:
+        torch.set_num_threads(before)
+    for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), native, mine):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")

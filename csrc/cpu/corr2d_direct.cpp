@@ -434,6 +434,22 @@ int64_t group_grain(const Planes<T>& p) {
   return std::max<int64_t>(1, kMinTaskWork / (p.plane_work() * p.out_per_group));
 }
 
+// Channels of a group per task of the forward (output channels) and of the
+// input's gradient (input channels): all of them where the batch's (sample,
+// group) pairs give every thread a task already; else the group cut into as
+// few blocks, whole multiples of accumulate_taps' four, as give each thread
+// one -- so that one sample of an ungrouped layer (VGG's 16 -> 32 on
+// 112x112 at batch 1) runs on every thread, each splitting or widening the
+// sample's planes for its own block.
+inline int64_t channels_per_task(int64_t channels, int64_t pairs) {
+  const int64_t threads = at::get_num_threads();
+  if (pairs >= threads) {
+    return channels;
+  }
+  const int64_t wanted = (threads + pairs - 1) / pairs;
+  return std::min(channels, round_up((channels + wanted - 1) / wanted, 4));
+}
+
 // --- forward ----------------------------------------------------------------
 
 template <typename T>
@@ -442,21 +458,31 @@ void forward(const T* x, const T* w, const T* bias, const Planes<T>& p, T* y, in
   const int64_t out_channels = p.out_per_group * p.groups;
   const int64_t group_taps = p.channels_per_group * p.taps;
   const std::vector<T> zeros(p.out_per_group, T(0));
-  at::parallel_for(0, batch * p.groups, group_grain(p), [&](int64_t begin, int64_t end) {
+  // Tasks: (sample, group, block of the group's outputs) -- see channels_per_task.
+  const int64_t block = channels_per_task(p.out_per_group, batch * p.groups);
+  const int64_t blocks = (p.out_per_group + block - 1) / block;
+  const int64_t grain = std::max<int64_t>(1, kMinTaskWork / (p.plane_work() * block));
+  at::parallel_for(0, batch * p.groups * blocks, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> phases(p.channels_per_group * p.phases_size, T(0));
-    std::vector<T> acc(p.out_per_group * p.wide_size);
+    std::vector<T> acc(block * p.wide_size);
+    int64_t split_pair = -1;  // the (sample, group) whose planes `phases` holds
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / p.groups;
-      const int64_t group = task % p.groups;
+      const int64_t pair = task / blocks;
+      const int64_t n = pair / p.groups;
+      const int64_t group = pair % p.groups;
       const int64_t first_channel = group * p.channels_per_group;
-      const int64_t first_out = group * p.out_per_group;
-      for (int64_t c = 0; c < p.channels_per_group; ++c) {
-        p.split(x + (n * g.channels + first_channel + c) * p.in_plane(), phases.data() + c * p.phases_size);
+      const int64_t first_out = group * p.out_per_group + task % blocks * block;
+      const int64_t outputs = std::min(block, (group + 1) * p.out_per_group - first_out);
+      if (pair != split_pair) {
+        for (int64_t c = 0; c < p.channels_per_group; ++c) {
+          p.split(x + (n * g.channels + first_channel + c) * p.in_plane(), phases.data() + c * p.phases_size);
+        }
+        split_pair = pair;
       }
       accumulate_taps<T>(
           acc.data(), p.wide_size, bias != nullptr ? bias + first_out : zeros.data(), phases.data(),
-          p.tap_offsets.data(), w + first_out * group_taps, group_taps, group_taps, p.out_per_group, p.wide_size);
-      for (int64_t o = 0; o < p.out_per_group; ++o) {
+          p.tap_offsets.data(), w + first_out * group_taps, group_taps, group_taps, outputs, p.wide_size);
+      for (int64_t o = 0; o < outputs; ++o) {
         p.narrow(acc.data() + o * p.wide_size, y + (n * out_channels + first_out + o) * p.out_plane());
       }
     }
@@ -489,38 +515,51 @@ void backward_input(const T* dy, const T* w, const Planes<T>& p, T* dx, int64_t 
     }
   }
   const std::vector<T> zeros(p.channels_per_group, T(0));
-  at::parallel_for(0, batch * p.groups, group_grain(p), [&](int64_t begin, int64_t end) {
+  // Tasks: (sample, group, block of the group's input channels) -- see channels_per_task.
+  const int64_t block = channels_per_task(p.channels_per_group, batch * p.groups);
+  const int64_t blocks = (p.channels_per_group + block - 1) / block;
+  const int64_t grain = std::max<int64_t>(
+      1, kMinTaskWork / std::max<int64_t>(1, p.plane_work() * p.out_per_group * block / p.channels_per_group));
+  at::parallel_for(0, batch * p.groups * blocks, grain, [&](int64_t begin, int64_t end) {
     // grad_wide: the group's wide grad_output planes, each after a zero margin.
     std::vector<T> grad_wide(p.out_per_group * p.grad_size, T(0));
-    std::vector<T> grad_phases(p.channels_per_group * p.phases_size);
-    std::vector<T> weights(p.channels_per_group * p.out_per_group * p.taps);
+    std::vector<T> grad_phases(block * p.phases_size);
+    std::vector<T> weights(block * p.out_per_group * p.taps);
+    int64_t widened_pair = -1;  // the (sample, group) whose planes grad_wide holds
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / p.groups;
-      const int64_t group = task % p.groups;
+      const int64_t pair = task / blocks;
+      const int64_t n = pair / p.groups;
+      const int64_t group = pair % p.groups;
       const int64_t first_out = group * p.out_per_group;
-      for (int64_t o = 0; o < p.out_per_group; ++o) {
-        p.widen(dy + (n * out_channels + first_out + o) * p.out_plane(), grad_wide.data() + o * p.grad_size + p.margin);
+      const int64_t first_channel = task % blocks * block;  // within the group
+      const int64_t channels = std::min(block, p.channels_per_group - first_channel);
+      if (pair != widened_pair) {
+        for (int64_t o = 0; o < p.out_per_group; ++o) {
+          p.widen(
+              dy + (n * out_channels + first_out + o) * p.out_plane(), grad_wide.data() + o * p.grad_size + p.margin);
+        }
+        widened_pair = pair;
       }
       const T* w_group = w + first_out * group_taps;
       for (int64_t k = 0; k < phases; ++k) {
-        // Phase k of every channel c of the group at once: weights[c][t].
+        // Phase k of every channel c of the block at once: weights[c][t].
         const auto& taps = taps_of[k];
         const int64_t count = taps.size();
-        for (int64_t c = 0; c < p.channels_per_group; ++c) {
+        for (int64_t c = 0; c < channels; ++c) {
           for (int64_t t = 0; t < count; ++t) {
-            weights[c * count + t] = w_group[taps[t].out * group_taps + c * p.taps + taps[t].tap];
+            weights[c * count + t] = w_group[taps[t].out * group_taps + (first_channel + c) * p.taps + taps[t].tap];
           }
         }
         T* dst = grad_phases.data() + k * p.phase_size;
-        if (all_finite(weights.data(), weights.data() + p.channels_per_group * count)) {
+        if (all_finite(weights.data(), weights.data() + channels * count)) {
           // (No taps, as for a 1x1 kernel with stride 2 in all but one phase: zero.)
           accumulate_taps<T>(
               dst, p.phases_size, zeros.data(), grad_wide.data(), offsets_of[k].data(), weights.data(), count, count,
-              p.channels_per_group, p.phase_size);
+              channels, p.phase_size);
           continue;
         }
         // The scatter, row by row over the real outputs (see the top).
-        for (int64_t c = 0; c < p.channels_per_group; ++c) {
+        for (int64_t c = 0; c < channels; ++c) {
           T* dst_c = dst + c * p.phases_size;
           std::fill(dst_c, dst_c + p.phase_size, T(0));
           for (int64_t t = 0; t < count; ++t) {
@@ -534,10 +573,10 @@ void backward_input(const T* dy, const T* w, const Planes<T>& p, T* dx, int64_t 
           }
         }
       }
-      for (int64_t c = 0; c < p.channels_per_group; ++c) {
+      for (int64_t c = 0; c < channels; ++c) {
         p.gather(
             grad_phases.data() + c * p.phases_size,
-            dx + (n * g.channels + group * p.channels_per_group + c) * p.in_plane());
+            dx + (n * g.channels + group * p.channels_per_group + first_channel + c) * p.in_plane());
       }
     }
   });
@@ -607,17 +646,18 @@ void backward_weight(const T* dy, const T* x, const Planes<T>& p, T* dw, int64_t
 
 }  // namespace
 
-bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch) {
+bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups) {
   if (groups > 1 && g.channels / groups <= kMaxDirectChannelsPerGroup) {
     return true;
   }
   // An ungrouped layer with few output channels (DenseNet's 32-channel 3x3
   // layers, first layers): each unfolded input value feeds few products, so
   // im2col's copy costs about as much as the GEMM. With stride 1 on maps of
-  // 12x12 to 112x112, and a task per sample for each thread.
+  // 12x12 to 112x112, at any batch (one sample's outputs are split over the
+  // threads: channels_per_task).
   const int64_t outputs = g.out_h * g.out_w;
   return out_channels / groups <= kMaxDirectOutputsPerGroup && g.kernel_h * g.kernel_w > 1 && g.stride_h == 1 &&
-      g.stride_w == 1 && outputs >= 12 * 12 && outputs <= 112 * 112 && batch * groups >= at::get_num_threads();
+      g.stride_w == 1 && outputs >= 12 * 12 && outputs <= 112 * 112;
 }
 
 void corr2d_direct_forward(
