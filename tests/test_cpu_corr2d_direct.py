@@ -43,10 +43,12 @@ CASES = [
     (3, 8, (13, 12), 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # 20 outputs: weight blocks of 8, 8 and 4
 ]
 
-# One sample of an ungrouped layer: the forward's outputs and the input
-# gradient's channels cut into blocks (multiples of 4), one a thread.
+# One sample of an ungrouped layer of at most 32 input channels: the
+# forward's outputs and the input gradient's channels cut into blocks
+# (multiples of 4), one a thread.
 BATCH_1_CASES = [
-    (1, 40, (14, 14), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # even blocks
+    (1, 32, (14, 14), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # even blocks; 32 inputs, the most it takes
+    (1, 33, (14, 14), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # 33 inputs: im2col on 2+ threads, direct on 1
     (1, 10, (12, 12), 30, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # 30 outputs: 16 + 14 on two threads; 10 inputs: 8 + 2
     (1, 3, (16, 15), 6, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # 6 outputs: 4 + 2; 3 inputs: one block
 ]

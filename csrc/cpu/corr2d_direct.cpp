@@ -55,6 +55,9 @@ namespace {
 constexpr int64_t kMaxDirectChannelsPerGroup = 16;
 // ... and, otherwise, at most this many output channels per group.
 constexpr int64_t kMaxDirectOutputsPerGroup = 32;
+// An ungrouped layer of a batch smaller than the threads runs them with at
+// most this many input channels (use_direct_corr2d).
+constexpr int64_t kMaxSplitSampleChannels = 32;
 
 // Multiply-adds that make one task of at::parallel_for worth its cost.
 constexpr int64_t kMinTaskWork = 1 << 15;
@@ -646,18 +649,22 @@ void backward_weight(const T* dy, const T* x, const Planes<T>& p, T* dw, int64_t
 
 }  // namespace
 
-bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups) {
+bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch) {
   if (groups > 1 && g.channels / groups <= kMaxDirectChannelsPerGroup) {
     return true;
   }
   // An ungrouped layer with few output channels (DenseNet's 32-channel 3x3
   // layers, first layers): each unfolded input value feeds few products, so
   // im2col's copy costs about as much as the GEMM. With stride 1 on maps of
-  // 12x12 to 112x112, at any batch (one sample's outputs are split over the
-  // threads: channels_per_task).
+  // 12x12 to 112x112. Where the batch is smaller than the threads, one
+  // sample's outputs are split over them (channels_per_task): there layers of
+  // few input channels gained (VGG's 16 -> 32 on 112x112 at batch 1: 1.50-1.65
+  // native's time against im2col's 2.3-4.1), those of many lost (DenseNet's
+  // 192 -> 32 on 12x12: 1.40-1.48 against 1.14-1.23).
   const int64_t outputs = g.out_h * g.out_w;
   return out_channels / groups <= kMaxDirectOutputsPerGroup && g.kernel_h * g.kernel_w > 1 && g.stride_h == 1 &&
-      g.stride_w == 1 && outputs >= 12 * 12 && outputs <= 112 * 112;
+      g.stride_w == 1 && outputs >= 12 * 12 && outputs <= 112 * 112 &&
+      (batch * groups >= at::get_num_threads() || g.channels <= kMaxSplitSampleChannels);
 }
 
 void corr2d_direct_forward(

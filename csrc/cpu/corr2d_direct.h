@@ -22,7 +22,7 @@ namespace cpu {
 // GEMM: grouped layers with few input channels per group, and ungrouped ones
 // with few output channels on mid-sized maps (corr2d_direct.cpp has the
 // thresholds, measured with python -m pycnn.bench ops).
-bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups);
+bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch);
 
 // All tensors contiguous (N, C, H, W) / (O, C / groups, kH, kW), of one
 // floating dtype (float32 or float64), outputs allocated by the caller.

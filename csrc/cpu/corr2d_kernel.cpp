@@ -397,7 +397,7 @@ Tensor corr2d_cpu(
     cpu::corr2d_winograd_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, output);
     return output.contiguous(input_arg.suggest_memory_format());
   }
-  if (cpu::use_direct_corr2d(g, weight.size(0), groups)) {
+  if (cpu::use_direct_corr2d(g, weight.size(0), groups, input.size(0))) {
     cpu::corr2d_direct_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, groups, output);
     return output.contiguous(input_arg.suggest_memory_format());
   }
@@ -499,7 +499,7 @@ Tensor corr2d_backward_input_cpu(
       cpu::corr2d_winograd_backward_input(grad_output, weight, g, grad_input)) {
     return grad_input.contiguous(grad_output_arg.suggest_memory_format());
   }
-  if (cpu::use_direct_corr2d(g, weight.size(0), groups)) {
+  if (cpu::use_direct_corr2d(g, weight.size(0), groups, input_size[0])) {
     cpu::corr2d_direct_backward_input(grad_output, weight, g, groups, grad_input);
     return grad_input.contiguous(grad_output_arg.suggest_memory_format());
   }
@@ -615,7 +615,7 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
       return {grad_weight, grad_bias};
     }
   }
-  if (cpu::use_direct_corr2d(g, weight_size[0], groups)) {
+  if (cpu::use_direct_corr2d(g, weight_size[0], groups, batch)) {
     Tensor grad_weight = at::empty(weight_size, input.options());
     cpu::corr2d_direct_backward_weight(grad_output, input, g, groups, grad_weight);
     return {grad_weight, grad_bias};
