@@ -658,7 +658,7 @@ bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t gr
   // im2col's copy costs about as much as the GEMM. With stride 1 on maps of
   // 12x12 to 112x112. Where the batch is smaller than the threads, one
   // sample's outputs are split over them (channels_per_task): there layers of
-  // few input channels gained (VGG's 16 -> 32 on 112x112 at batch 1: 1.50-1.65
+  // few input channels gained (VGG's 16 -> 32 on 112x112 at batch 1: 1.5-1.8
   // native's time against im2col's 2.3-4.1), those of many lost (DenseNet's
   // 192 -> 32 on 12x12: 1.40-1.48 against 1.14-1.23).
   const int64_t outputs = g.out_h * g.out_w;
