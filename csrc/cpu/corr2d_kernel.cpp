@@ -374,6 +374,30 @@ void copy_from_channel_major(Tensor& out, const Tensor& m) {
 
 // --- entry points -----------------------------------------------------------
 
+// The paths of corr2d_cpu and its backward that take a geometry as it is,
+// in the order they are tried: each runs what its header describes and an
+// earlier one did not take. The rows path is decided before the entry points
+// make NCHW copies of their tensors, as it reads any layout (a channels_last
+// input went through an NCHW copy and back). kOther: pointwise or im2col +
+// GEMM, chosen below on the tensors. winograd = false: the path after
+// Winograd's, where its backward declined a non-finite weight or sum.
+enum class Corr2dPath { kWinograd, kDirect, kRows, kOther };
+
+Corr2dPath corr2d_path(
+    const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype,
+    bool winograd = true) {
+  if (winograd && cpu::use_winograd_corr2d(g, out_channels, groups, batch, dtype)) {
+    return Corr2dPath::kWinograd;
+  }
+  if (cpu::use_direct_corr2d(g, out_channels, groups, batch)) {
+    return Corr2dPath::kDirect;
+  }
+  if (cpu::use_rows_corr2d(g, out_channels, groups, dtype)) {
+    return Corr2dPath::kRows;
+  }
+  return Corr2dPath::kOther;
+}
+
 Tensor corr2d_cpu(
     const Tensor& input_arg, const Tensor& weight_arg, const std::optional<Tensor>& bias_arg, IntArrayRef stride,
     IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
@@ -389,21 +413,22 @@ Tensor corr2d_cpu(
   if (output.numel() == 0) {
     return output;
   }
-  const Tensor input = input_arg.contiguous();
   const Tensor weight = weight_arg.contiguous();
   const bool has_bias = bias_arg.has_value() && bias_arg->defined();
-  const auto g = make_corr2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation);
-  if (cpu::use_winograd_corr2d(g, weight.size(0), groups, input.size(0), input.scalar_type())) {
+  const auto g = make_corr2d_geometry(input_arg.sizes(), weight.sizes(), stride, padding, dilation);
+  const Corr2dPath path = corr2d_path(g, weight.size(0), groups, input_arg.size(0), input_arg.scalar_type());
+  if (path == Corr2dPath::kRows) {  // before the NCHW copy below: the rows read any layout (see corr2d_path)
+    return cpu::corr2d_rows_forward(input_arg, weight, has_bias ? bias_arg->contiguous() : Tensor(), g)
+        .contiguous(input_arg.suggest_memory_format());
+  }
+  const Tensor input = input_arg.contiguous();
+  if (path == Corr2dPath::kWinograd) {
     cpu::corr2d_winograd_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, output);
     return output.contiguous(input_arg.suggest_memory_format());
   }
-  if (cpu::use_direct_corr2d(g, weight.size(0), groups, input.size(0))) {
+  if (path == Corr2dPath::kDirect) {
     cpu::corr2d_direct_forward(input, weight, has_bias ? bias_arg->contiguous() : Tensor(), g, groups, output);
     return output.contiguous(input_arg.suggest_memory_format());
-  }
-  if (cpu::use_rows_corr2d(g, weight.size(0), groups, input.scalar_type())) {
-    return cpu::corr2d_rows_forward(input_arg, weight, has_bias ? bias_arg->contiguous() : Tensor(), g)
-        .contiguous(input_arg.suggest_memory_format());
   }
   if (pointwise_as_one_product(g, groups, input.size(0), input)) {
     const Tensor x = channel_major(input);
@@ -492,20 +517,23 @@ Tensor corr2d_backward_input_cpu(
   if (grad_input.numel() == 0) {
     return grad_input;
   }
-  const Tensor grad_output = grad_output_arg.contiguous();
   const Tensor weight = weight_arg.contiguous();
   const auto g = make_corr2d_geometry(input_size, weight.sizes(), stride, padding, dilation);
-  if (cpu::use_winograd_corr2d(g, weight.size(0), groups, input_size[0], grad_output.scalar_type()) &&
-      cpu::corr2d_winograd_backward_input(grad_output, weight, g, grad_input)) {
-    return grad_input.contiguous(grad_output_arg.suggest_memory_format());
+  Corr2dPath path = corr2d_path(g, weight.size(0), groups, input_size[0], grad_output_arg.scalar_type());
+  if (path == Corr2dPath::kWinograd) {
+    if (cpu::corr2d_winograd_backward_input(grad_output_arg.contiguous(), weight, g, grad_input)) {
+      return grad_input.contiguous(grad_output_arg.suggest_memory_format());
+    }
+    path = corr2d_path(g, weight.size(0), groups, input_size[0], grad_output_arg.scalar_type(), /*winograd=*/false);
   }
-  if (cpu::use_direct_corr2d(g, weight.size(0), groups, input_size[0])) {
-    cpu::corr2d_direct_backward_input(grad_output, weight, g, groups, grad_input);
-    return grad_input.contiguous(grad_output_arg.suggest_memory_format());
-  }
-  if (cpu::use_rows_corr2d(g, weight.size(0), groups, grad_output.scalar_type())) {
+  if (path == Corr2dPath::kRows) {  // before the NCHW copy below, as in corr2d_cpu
     return cpu::corr2d_rows_backward_input(grad_output_arg, weight, g)
         .contiguous(grad_output_arg.suggest_memory_format());
+  }
+  const Tensor grad_output = grad_output_arg.contiguous();
+  if (path == Corr2dPath::kDirect) {
+    cpu::corr2d_direct_backward_input(grad_output, weight, g, groups, grad_input);
+    return grad_input.contiguous(grad_output_arg.suggest_memory_format());
   }
   if (pointwise_as_one_product(g, groups, input_size[0], grad_output)) {  // grad_x = wᵀ @ grad_out
     const Tensor grad_out = channel_major(grad_output);
@@ -595,33 +623,35 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   // An output not asked for is an empty (0,) tensor, and not computed.
   const auto not_computed = [&] { return at::empty({0}, input_arg.options()); };
 
-  const Tensor grad_output = grad_output_arg.contiguous();
-  const Tensor input = input_arg.contiguous();
-  const auto g = make_corr2d_geometry(input.sizes(), weight_size, stride, padding, dilation);
+  const auto g = make_corr2d_geometry(input_arg.sizes(), weight_size, stride, padding, dilation);
   const int64_t out_channels = weight_size[0];
   const int64_t out_channels_per_group = out_channels / groups;
   const int64_t rows_per_group = g.column_rows() / groups;
   const int64_t L = g.column_cols();
-  const int64_t batch = input.size(0);
+  const int64_t batch = input_arg.size(0);
 
   // grad_bias: grad_output summed over the batch and every output position.
-  Tensor grad_bias = output_mask[1] ? grad_output.view({batch, out_channels, L}).sum({0, 2}) : not_computed();
+  Tensor grad_bias = output_mask[1] ? grad_output_arg.sum({0, 2, 3}) : not_computed();
   if (!output_mask[0]) {
     return {not_computed(), grad_bias};
   }
-  if (cpu::use_winograd_corr2d(g, weight_size[0], groups, batch, input.scalar_type())) {
-    Tensor grad_weight = at::empty(weight_size, input.options());
-    if (cpu::corr2d_winograd_backward_weight(grad_output, input, g, grad_weight)) {
+  Corr2dPath path = corr2d_path(g, out_channels, groups, batch, input_arg.scalar_type());
+  if (path == Corr2dPath::kWinograd) {
+    Tensor grad_weight = at::empty(weight_size, input_arg.options());
+    if (cpu::corr2d_winograd_backward_weight(grad_output_arg.contiguous(), input_arg.contiguous(), g, grad_weight)) {
       return {grad_weight, grad_bias};
     }
+    path = corr2d_path(g, out_channels, groups, batch, input_arg.scalar_type(), /*winograd=*/false);
   }
-  if (cpu::use_direct_corr2d(g, weight_size[0], groups, batch)) {
+  if (path == Corr2dPath::kRows) {  // before the NCHW copies below, as in corr2d_cpu
+    return {cpu::corr2d_rows_backward_weight(grad_output_arg, input_arg, g, out_channels), grad_bias};
+  }
+  const Tensor grad_output = grad_output_arg.contiguous();
+  const Tensor input = input_arg.contiguous();
+  if (path == Corr2dPath::kDirect) {
     Tensor grad_weight = at::empty(weight_size, input.options());
     cpu::corr2d_direct_backward_weight(grad_output, input, g, groups, grad_weight);
     return {grad_weight, grad_bias};
-  }
-  if (cpu::use_rows_corr2d(g, out_channels, groups, input.scalar_type())) {
-    return {cpu::corr2d_rows_backward_weight(grad_output_arg, input_arg, g, out_channels), grad_bias};
   }
   if (pointwise_as_one_product(g, groups, batch, input)) {  // grad_w = grad_out @ xᵀ
     Tensor grad_weight = at::empty({out_channels, g.channels}, input.options());
