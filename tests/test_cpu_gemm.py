@@ -35,6 +35,11 @@ CASES = [
     (4, 16, 12, 128, 3, 1, 1, 1, 1),
     (4, 20, 12, 24, 1, 1, 0, 1, 1),
     (3, 7, 13, 5, 3, 1, 1, 1, 1),
+    # The channels-last rows (a 6x6 map), whose row-major left operand is
+    # packed 8 x 8 and 4 x 8 blocks at a time: a depth of 117 (a tail of 5)
+    # and 108 rows (nine whole strips); 50 rows (a last strip of 2).
+    (3, 13, 6, 20, 3, 1, 1, 1, 1),
+    (2, 16, 5, 9, 3, 1, 1, 1, 1),
 ]
 
 

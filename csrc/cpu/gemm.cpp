@@ -56,15 +56,75 @@ constexpr int64_t kMinParallelWork = 1 << 18;
 
 #ifdef PYCNN_HAVE_X86_GEMM
 
+// out[p * out_stride + j] = in[j * in_stride + p] for p < 8, j < 8: eight
+// rows of eight contiguous values in, their transpose out (eight loads, an
+// 8 x 8 transpose in registers, eight stores). Packs either operand where
+// the micro-kernel's order runs across the matrix's rows: b's columns when
+// they are contiguous (a transposed b), a's rows (row-major a).
+__attribute__((target("avx2"))) void transpose_8x8(const float* in, int64_t in_stride, float* out, int64_t out_stride) {
+  __m256 r[8];
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm256_loadu_ps(in + j * in_stride);  // in row j: in(j, 0..7)
+  }
+  __m256 t[8], u[8];
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  for (int j = 0; j < 8; j += 4) {
+    u[j] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int p = 0; p < 4; ++p) {
+    _mm256_storeu_ps(out + p * out_stride, _mm256_permute2f128_ps(u[p], u[p + 4], 0x20));
+    _mm256_storeu_ps(out + (p + 4) * out_stride, _mm256_permute2f128_ps(u[p], u[p + 4], 0x31));
+  }
+}
+
+// The same for four rows: out[p * out_stride + j] = in[j * in_stride + p]
+// for p < 8, j < 4 (the last four of a 12-row strip of a).
+__attribute__((target("avx2"))) void transpose_4x8(const float* in, int64_t in_stride, float* out, int64_t out_stride) {
+  __m256 r[4];
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_loadu_ps(in + j * in_stride);
+  }
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  // u[q] holds column q in its low half and column q + 4 in its high half.
+  const __m256 u[4] = {
+      _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+      _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))};
+  for (int q = 0; q < 4; ++q) {
+    _mm_storeu_ps(out + q * out_stride, _mm256_castps256_ps128(u[q]));
+    _mm_storeu_ps(out + (q + 4) * out_stride, _mm256_extractf128_ps(u[q], 1));
+  }
+}
+
 // packed[p * kMR + i] = a(row0 + i, col0 + p), zero below the last row, for
 // each strip of kMR rows: the strips follow each other.
 void pack_a(const float* a, int64_t rs, int64_t cs, int64_t rows, int64_t depth, float* packed) {
   for (int64_t strip = 0; strip < rows; strip += kMR) {
     const int64_t height = std::min(kMR, rows - strip);
-    if (cs == 1) {  // rows of a contiguous: read each row in order (the block of packed is in L2)
+    if (cs == 1) {
+      // Rows of a contiguous (a row-major a: the rows of corr2d_rows.cpp,
+      // multiplied by a weight of few columns, where this packing cost as
+      // much as the multiply-adds element by element): a whole strip 8 x 8
+      // and 4 x 8 blocks at a time, transposed in registers; the rest, and a
+      // last strip of fewer rows, read row by row.
+      static_assert(kMR == 8 + 4, "a strip is one 8 x 8 and one 4 x 8 block per 8 of depth");
+      int64_t p0 = 0;
+      if (height == kMR) {
+        for (; p0 + 8 <= depth; p0 += 8) {
+          const float* src = a + strip * rs + p0;
+          transpose_8x8(src, rs, packed + p0 * kMR, kMR);
+          transpose_4x8(src + 8 * rs, rs, packed + p0 * kMR + 8, kMR);
+        }
+      }
       for (int64_t i = 0; i < kMR; ++i) {
         const float* src = i < height ? a + (strip + i) * rs : nullptr;
-        for (int64_t p = 0; p < depth; ++p) {
+        for (int64_t p = p0; p < depth; ++p) {
           packed[p * kMR + i] = src != nullptr ? src[p] : 0.0f;
         }
       }
@@ -85,31 +145,6 @@ void pack_a(const float* a, int64_t rs, int64_t cs, int64_t rows, int64_t depth,
   }
 }
 
-// packed[p * kNR + j] = b(p, j) for p < 8, j < 8, where column j of b is
-// contiguous (b(p, j) = b[j * cs + p]): eight loads, an 8 x 8 transpose in
-// registers, eight stores.
-__attribute__((target("avx2"))) void transpose_8x8(const float* b, int64_t cs, float* packed) {
-  __m256 r[8];
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm256_loadu_ps(b + j * cs);  // column j: b(0..7, j)
-  }
-  __m256 t[8], u[8];
-  for (int j = 0; j < 8; j += 2) {
-    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
-    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
-  }
-  for (int j = 0; j < 8; j += 4) {
-    u[j] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int p = 0; p < 4; ++p) {
-    _mm256_storeu_ps(packed + p * kNR, _mm256_permute2f128_ps(u[p], u[p + 4], 0x20));
-    _mm256_storeu_ps(packed + (p + 4) * kNR, _mm256_permute2f128_ps(u[p], u[p + 4], 0x31));
-  }
-}
-
 // packed[p * kNR + j] = b(row0 + p, col0 + j), zero right of the last column,
 // for each strip of kNR columns.
 void pack_b(const float* b, int64_t rs, int64_t cs, int64_t depth, int64_t cols, float* packed) {
@@ -123,7 +158,7 @@ void pack_b(const float* b, int64_t rs, int64_t cs, int64_t depth, int64_t cols,
       const int64_t whole_columns = width / 8 * 8, whole_depth = depth / 8 * 8;
       for (int64_t j = 0; j < whole_columns; j += 8) {
         for (int64_t p = 0; p < whole_depth; p += 8) {
-          transpose_8x8(b + (strip + j) * cs + p, cs, packed + p * kNR + j);
+          transpose_8x8(b + (strip + j) * cs + p, cs, packed + p * kNR + j, kNR);
         }
       }
       for (int64_t j = 0; j < kNR; ++j) {
