@@ -1,7 +1,8 @@
 """corr2d's direct CPU loops (csrc/cpu/corr2d_direct.cpp): grouped
 convolutions with at most 16 input channels per group (depthwise ones and
 their relatives), and ungrouped stride-1 layers of at most 32 output channels
-on maps of 12x12 to 112x112.
+on maps of 12x12 to 112x112 -- and on smaller maps pass by pass, beside the
+channels-last rows or im2col for the other passes (SMALL_MAP_CASES).
 
 The loops split each padded input plane into stride_h x stride_w phase
 planes, compute outputs in rows of the phases' pitch with scrap columns, run
@@ -51,6 +52,20 @@ BATCH_1_CASES = [
     (1, 33, (14, 14), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # 33 inputs: im2col on 2+ threads, direct on 1
     (1, 10, (12, 12), 30, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # 30 outputs: 16 + 14 on two threads; 10 inputs: 8 + 2
     (1, 3, (16, 15), 6, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # 6 outputs: 4 + 2; 3 inputs: one block
+]
+
+# Output maps under 12x12, where each pass picks its own path
+# (use_direct_corr2d): the forward runs the loops (but on a 3x3 map at batch
+# 64; with at most 16 outputs, before Winograd), the input's gradient for at
+# most 16 outputs or under 8 inputs (or a batch smaller than the threads) where
+# Winograd does not take it, the weight's gradient only under 8 inputs; the
+# other passes run Winograd or the rows (float32) or im2col.
+SMALL_MAP_CASES = [
+    (8, 40, (5, 5), 10, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # NiN's last stage: forward direct, gradients Winograd
+    (8, 24, (3, 3), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # DenseNet's last stage: forward direct
+    (64, 24, (3, 3), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # ... at batch 64: none direct
+    (4, 6, (12, 12), 16, (5, 5), (1, 1), (0, 0), (1, 1), 1),  # LeNet's 6 -> 16 (an 8x8 map): every pass direct
+    (1, 24, (6, 6), 20, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # batch 1: forward and input gradient direct
 ]
 
 
@@ -141,3 +156,24 @@ def test_direct_batch_1_split_over_threads(case, threads):
         torch.set_num_threads(before)
     for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), native, mine):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("case", SMALL_MAP_CASES, ids=_ids)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_small_maps_pass_by_pass(case, dtype):
+    """Each pass on its own path, as one operator: all agree with native."""
+    native, mine = _both(case, *_tensors(case, dtype))
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), native, mine):
+        torch.testing.assert_close(b, a, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("case", SMALL_MAP_CASES[:1] + SMALL_MAP_CASES[3:4], ids=_ids)
+def test_small_maps_non_finite_weight(case):
+    """An inf or NaN weight on the loops' forward and input gradient stays where native puts it."""
+    x, w, b = _tensors(case, torch.float64)
+    w[0, 0, 0, -1] = float("inf")
+    w[-1, 0, -1, 0] = float("nan")
+    native, mine = _both(case, x, w, b)
+    for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), native, mine):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, equal_nan=True, msg=lambda m: f"{name}: {m}")

@@ -58,6 +58,13 @@ constexpr int64_t kMaxDirectOutputsPerGroup = 32;
 // An ungrouped layer of a batch smaller than the threads runs them with at
 // most this many input channels (use_direct_corr2d).
 constexpr int64_t kMaxSplitSampleChannels = 32;
+// On output maps under 12x12 (use_direct_corr2d): the input's gradient runs
+// the loops for at most this many output channels -- the depth of the rows'
+// product grad_out_rows @ w_rows, too shallow for a GEMM below it -- ...
+constexpr int64_t kMaxShallowOutputs = 16;
+// ... or fewer input channels than this, where the rows do not run
+// (corr2d_rows.cpp's kMinChannels) and im2col's copies are as short.
+constexpr int64_t kFewInputChannels = 8;
 
 // Multiply-adds that make one task of at::parallel_for worth its cost.
 constexpr int64_t kMinTaskWork = 1 << 15;
@@ -649,22 +656,57 @@ void backward_weight(const T* dy, const T* x, const Planes<T>& p, T* dw, int64_t
 
 }  // namespace
 
-bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch) {
+bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, Corr2dPass pass) {
   if (groups > 1 && g.channels / groups <= kMaxDirectChannelsPerGroup) {
     return true;
   }
   // An ungrouped layer with few output channels (DenseNet's 32-channel 3x3
   // layers, first layers): each unfolded input value feeds few products, so
-  // im2col's copy costs about as much as the GEMM. With stride 1 on maps of
-  // 12x12 to 112x112. Where the batch is smaller than the threads, one
-  // sample's outputs are split over them (channels_per_task): there layers of
-  // few input channels gained (VGG's 16 -> 32 on 112x112 at batch 1: 1.5-1.8
-  // native's time against im2col's 2.3-4.1), those of many lost (DenseNet's
-  // 192 -> 32 on 12x12: 1.40-1.48 against 1.14-1.23).
+  // im2col's copy costs about as much as the GEMM. With stride 1.
   const int64_t outputs = g.out_h * g.out_w;
-  return out_channels / groups <= kMaxDirectOutputsPerGroup && g.kernel_h * g.kernel_w > 1 && g.stride_h == 1 &&
-      g.stride_w == 1 && outputs >= 12 * 12 && outputs <= 112 * 112 &&
-      (batch * groups >= at::get_num_threads() || g.channels <= kMaxSplitSampleChannels);
+  if (out_channels / groups > kMaxDirectOutputsPerGroup || g.kernel_h * g.kernel_w == 1 || g.stride_h != 1 ||
+      g.stride_w != 1 || outputs > 112 * 112) {
+    return false;
+  }
+  // On maps of 12x12 to 112x112, every pass. Where the batch is smaller than
+  // the threads, one sample's outputs are split over them
+  // (channels_per_task): there layers of few input channels gained (VGG's
+  // 16 -> 32 on 112x112 at batch 1: 1.5-1.8 native's time against im2col's
+  // 2.3-4.1), those of many lost (DenseNet's 192 -> 32 on 12x12: 1.40-1.48
+  // against 1.14-1.23).
+  if (outputs >= 12 * 12) {
+    return batch * groups >= at::get_num_threads() || g.channels <= kMaxSplitSampleChannels;
+  }
+  if (groups != 1) {
+    return false;
+  }
+  // Smaller maps (NiN's 384 -> 10 on 5x5, DenseNet's last two stages,
+  // LeNet's 6 -> 16), where the other paths are the channels-last rows or,
+  // under 8 input channels, im2col. Each pass as measured against them at
+  // batch 1, 8 and 64 (BENCHMARKS.md):
+  switch (pass) {
+    case Corr2dPass::kForward:
+      // 1.5-4 times faster than the rows at batch 1 and 8 (NiN's: 0.31 ms
+      // against 0.77 at batch 8); on 3x3 maps at batch 64 about 10% slower.
+      return outputs > 3 * 3 || batch < 64;
+    case Corr2dPass::kBackwardInput:
+      // The rows' product grad_out_rows @ w_rows is O deep: for NiN's 10
+      // outputs the loops took half the rows' time; for DenseNet's 32 the
+      // rows were faster from batch 8 on.
+      return out_channels <= kMaxShallowOutputs || g.channels < kFewInputChannels || batch < at::get_num_threads();
+    case Corr2dPass::kBackwardWeight:
+      // A dot product per tap, reduced sample by sample: 2-15 times the rows'
+      // time, except where the rows do not run.
+      return g.channels < kFewInputChannels;
+  }
+  return false;
+}
+
+bool direct_before_winograd(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, Corr2dPass pass) {
+  // NiN's 384 -> 10 on 5x5: 0.31 ms against Winograd's 0.46 at batch 8, 1.86
+  // against 2.50 at 64 (its input gradient: 0.63 against 0.45, 4.1 against 2.9).
+  return pass == Corr2dPass::kForward && groups == 1 && out_channels <= kMaxShallowOutputs &&
+      g.out_h * g.out_w < 12 * 12;
 }
 
 void corr2d_direct_forward(

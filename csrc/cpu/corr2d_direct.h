@@ -18,11 +18,21 @@
 namespace pycnn {
 namespace cpu {
 
-// Whether corr2d of this geometry runs the direct loops instead of im2col +
-// GEMM: grouped layers with few input channels per group, and ungrouped ones
-// with few output channels on mid-sized maps (corr2d_direct.cpp has the
-// thresholds, measured with python -m pycnn.bench ops).
-bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch);
+// The three passes of corr2d, whose best algorithm differs on small maps.
+enum class Corr2dPass { kForward, kBackwardInput, kBackwardWeight };
+
+// Whether this pass of corr2d of this geometry runs the direct loops instead
+// of im2col + GEMM (or the channels-last rows): grouped layers with few input
+// channels per group, and ungrouped ones with few output channels -- every
+// pass on mid-sized maps, and on small maps the passes where the loops were
+// faster (corr2d_direct.cpp has the thresholds, measured).
+bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, Corr2dPass pass);
+
+// Whether, where use_direct_corr2d takes a pass, the direct loops also go
+// before Winograd's F(2x2, 3x3), which is otherwise tried first: the forward
+// of an ungrouped layer of at most 16 outputs on a map under 12x12 (NiN's
+// 384 -> 10 on 5x5), where Winograd's 16 products are only O columns wide.
+bool direct_before_winograd(const Corr2dGeometry& g, int64_t out_channels, int64_t groups, Corr2dPass pass);
 
 // All tensors contiguous (N, C, H, W) / (O, C / groups, kH, kW), of one
 // floating dtype (float32 or float64), outputs allocated by the caller.

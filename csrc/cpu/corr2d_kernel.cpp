@@ -1,12 +1,13 @@
 // corr2d on the CPU: im2col, then one GEMM per group (gemm.h: pycnn's own
 // AVX-512 or AVX2 kernel where the CPU has one, else ATen's BLAS); grouped
 // convolutions with few channels per group, and layers with few output
-// channels on mid-sized maps, run direct loops instead (corr2d_direct.h,
-// use_direct_corr2d); float32 3x3 stride-1 layers of many channels run
-// Winograd's F(2x2, 3x3), forward and backward (corr2d_winograd.h,
-// use_winograd_corr2d); float32 layers with small output maps and at most
-// 128 outputs run im2col over channels-last rows, the whole batch one
-// product (corr2d_rows.h, use_rows_corr2d).
+// channels on mid-sized maps (on small maps, the passes where they are
+// faster), run direct loops instead (corr2d_direct.h, use_direct_corr2d);
+// float32 3x3 stride-1 layers of many channels run Winograd's F(2x2, 3x3),
+// forward and backward (corr2d_winograd.h, use_winograd_corr2d); float32
+// layers with small output maps and at most 128 outputs run im2col over
+// channels-last rows, the whole batch one product (corr2d_rows.h,
+// use_rows_corr2d).
 //
 // The input patches that the kernel sees are unfolded into a column matrix
 // cols[C * kh * kw, samples * OH * OW] (im2col), the patches of a chunk of
@@ -375,8 +376,8 @@ void copy_from_channel_major(Tensor& out, const Tensor& m) {
 // --- entry points -----------------------------------------------------------
 
 // The paths of corr2d_cpu and its backward that take a geometry as it is,
-// in the order they are tried: each runs what its header describes and an
-// earlier one did not take. The rows path is decided before the entry points
+// in the order they are tried: each runs what its header describes (for
+// this pass) and an earlier one did not take. The rows path is decided before the entry points
 // make NCHW copies of their tensors, as it reads any layout (a channels_last
 // input went through an NCHW copy and back). kOther: pointwise or im2col +
 // GEMM, chosen below on the tensors. winograd = false: the path after
@@ -384,12 +385,16 @@ void copy_from_channel_major(Tensor& out, const Tensor& m) {
 enum class Corr2dPath { kWinograd, kDirect, kRows, kOther };
 
 Corr2dPath corr2d_path(
-    const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype,
-    bool winograd = true) {
+    cpu::Corr2dPass pass, const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch,
+    at::ScalarType dtype, bool winograd = true) {
+  const bool direct = cpu::use_direct_corr2d(g, out_channels, groups, batch, pass);
+  if (direct && cpu::direct_before_winograd(g, out_channels, groups, pass)) {
+    return Corr2dPath::kDirect;
+  }
   if (winograd && cpu::use_winograd_corr2d(g, out_channels, groups, batch, dtype)) {
     return Corr2dPath::kWinograd;
   }
-  if (cpu::use_direct_corr2d(g, out_channels, groups, batch)) {
+  if (direct) {
     return Corr2dPath::kDirect;
   }
   if (cpu::use_rows_corr2d(g, out_channels, groups, dtype)) {
@@ -416,7 +421,8 @@ Tensor corr2d_cpu(
   const Tensor weight = weight_arg.contiguous();
   const bool has_bias = bias_arg.has_value() && bias_arg->defined();
   const auto g = make_corr2d_geometry(input_arg.sizes(), weight.sizes(), stride, padding, dilation);
-  const Corr2dPath path = corr2d_path(g, weight.size(0), groups, input_arg.size(0), input_arg.scalar_type());
+  const Corr2dPath path =
+      corr2d_path(cpu::Corr2dPass::kForward, g, weight.size(0), groups, input_arg.size(0), input_arg.scalar_type());
   if (path == Corr2dPath::kRows) {  // before the NCHW copy below: the rows read any layout (see corr2d_path)
     return cpu::corr2d_rows_forward(input_arg, weight, has_bias ? bias_arg->contiguous() : Tensor(), g)
         .contiguous(input_arg.suggest_memory_format());
@@ -519,12 +525,14 @@ Tensor corr2d_backward_input_cpu(
   }
   const Tensor weight = weight_arg.contiguous();
   const auto g = make_corr2d_geometry(input_size, weight.sizes(), stride, padding, dilation);
-  Corr2dPath path = corr2d_path(g, weight.size(0), groups, input_size[0], grad_output_arg.scalar_type());
+  constexpr auto pass = cpu::Corr2dPass::kBackwardInput;
+  Corr2dPath path = corr2d_path(pass, g, weight.size(0), groups, input_size[0], grad_output_arg.scalar_type());
   if (path == Corr2dPath::kWinograd) {
     if (cpu::corr2d_winograd_backward_input(grad_output_arg.contiguous(), weight, g, grad_input)) {
       return grad_input.contiguous(grad_output_arg.suggest_memory_format());
     }
-    path = corr2d_path(g, weight.size(0), groups, input_size[0], grad_output_arg.scalar_type(), /*winograd=*/false);
+    path =
+        corr2d_path(pass, g, weight.size(0), groups, input_size[0], grad_output_arg.scalar_type(), /*winograd=*/false);
   }
   if (path == Corr2dPath::kRows) {  // before the NCHW copy below, as in corr2d_cpu
     return cpu::corr2d_rows_backward_input(grad_output_arg, weight, g)
@@ -635,13 +643,14 @@ std::tuple<Tensor, Tensor> corr2d_backward_weight_cpu(
   if (!output_mask[0]) {
     return {not_computed(), grad_bias};
   }
-  Corr2dPath path = corr2d_path(g, out_channels, groups, batch, input_arg.scalar_type());
+  constexpr auto pass = cpu::Corr2dPass::kBackwardWeight;
+  Corr2dPath path = corr2d_path(pass, g, out_channels, groups, batch, input_arg.scalar_type());
   if (path == Corr2dPath::kWinograd) {
     Tensor grad_weight = at::empty(weight_size, input_arg.options());
     if (cpu::corr2d_winograd_backward_weight(grad_output_arg.contiguous(), input_arg.contiguous(), g, grad_weight)) {
       return {grad_weight, grad_bias};
     }
-    path = corr2d_path(g, out_channels, groups, batch, input_arg.scalar_type(), /*winograd=*/false);
+    path = corr2d_path(pass, g, out_channels, groups, batch, input_arg.scalar_type(), /*winograd=*/false);
   }
   if (path == Corr2dPath::kRows) {  // before the NCHW copies below, as in corr2d_cpu
     return {cpu::corr2d_rows_backward_weight(grad_output_arg, input_arg, g, out_channels), grad_bias};
