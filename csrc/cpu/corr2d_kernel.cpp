@@ -377,11 +377,12 @@ void copy_from_channel_major(Tensor& out, const Tensor& m) {
 
 // The paths of corr2d_cpu and its backward that take a geometry as it is,
 // in the order they are tried: each runs what its header describes (for
-// this pass) and an earlier one did not take. The rows path is decided before the entry points
-// make NCHW copies of their tensors, as it reads any layout (a channels_last
-// input went through an NCHW copy and back). kOther: pointwise or im2col +
-// GEMM, chosen below on the tensors. winograd = false: the path after
-// Winograd's, where its backward declined a non-finite weight or sum.
+// this pass) and an earlier one did not take. The rows path is decided
+// before the entry points make NCHW copies of their tensors, as it reads any
+// layout (a channels_last input went through an NCHW copy and back). kOther:
+// pointwise or im2col + GEMM, chosen below on the tensors. winograd = false:
+// the path after Winograd's, where its backward declined a non-finite weight
+// or sum.
 enum class Corr2dPath { kWinograd, kDirect, kRows, kOther };
 
 Corr2dPath corr2d_path(
