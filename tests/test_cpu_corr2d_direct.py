@@ -65,6 +65,7 @@ SMALL_MAP_CASES = [
     (8, 24, (3, 3), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # DenseNet's last stage: forward direct
     (64, 24, (3, 3), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # ... at batch 64: none direct
     (4, 6, (12, 12), 16, (5, 5), (1, 1), (0, 0), (1, 1), 1),  # LeNet's 6 -> 16 (an 8x8 map): every pass direct
+    (5, 6, (12, 12), 16, (5, 5), (1, 1), (0, 0), (1, 1), 1),  # ... batch 5: the weight's gradient 4 samples, then 1
     (1, 24, (6, 6), 20, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # batch 1: forward and input gradient direct
 ]
 
@@ -168,7 +169,7 @@ def test_small_maps_pass_by_pass(case, dtype):
         torch.testing.assert_close(b, a, **tol, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("case", SMALL_MAP_CASES[:1] + SMALL_MAP_CASES[3:4], ids=_ids)
+@pytest.mark.parametrize("case", SMALL_MAP_CASES[:1] + SMALL_MAP_CASES[3:5], ids=_ids)
 def test_small_maps_non_finite_weight(case):
     """An inf or NaN weight on the loops' forward and input gradient stays where native puts it."""
     x, w, b = _tensors(case, torch.float64)

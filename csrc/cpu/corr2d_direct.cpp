@@ -68,6 +68,10 @@ constexpr int64_t kFewInputChannels = 8;
 
 // Multiply-adds that make one task of at::parallel_for worth its cost.
 constexpr int64_t kMinTaskWork = 1 << 15;
+// Samples whose planes the weight's gradient holds at once (backward_weight),
+// at most, and the bytes they may take.
+constexpr int64_t kDotSamples = 4;
+constexpr int64_t kDotSamplesBytes = 256 * 1024;
 
 // --- vector primitives ------------------------------------------------------
 //
@@ -168,12 +172,20 @@ __attribute__((always_inline)) inline void accumulate_taps_loop(
   }
 }
 
+// The samples of one dot_taps call: its dot products run over `count`
+// samples, sample s's operands `a_stride` and `src_stride` values after
+// sample s - 1's, so that each sum is reduced across its vector lanes once
+// for all of them rather than once a sample.
+struct DotSamples {
+  int64_t count, a_stride, src_stride;
+};
+
 // Outputs [0, K) of dot_taps_loop below: four taps at a time, so that each
 // vector loaded from src serves K outputs and each loaded from a four taps.
 template <typename T, int kBytes, int K>
 __attribute__((always_inline)) inline void dot_block(
     const T* __restrict a, int64_t a_stride, const T* __restrict src, const int64_t* __restrict offsets, int64_t taps,
-    int64_t n, T* __restrict out, int64_t out_stride) {
+    int64_t n, DotSamples samples, T* __restrict out, int64_t out_stride) {
   using V = Vec<T, kBytes>;
   constexpr int64_t L = V::kLanes;
   for (int64_t t0 = 0; t0 < taps; t0 += 4) {
@@ -187,18 +199,22 @@ __attribute__((always_inline)) inline void dot_block(
     for (int b = 0; b < K * 4; ++b) {
       acc[b] = typename V::type{};
     }
-    for (int64_t l = 0; l < n; l += L) {
-      typename V::type x[4];
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        x[j] = V::load(s[j] + l);
-      }
-#pragma GCC unroll 4
-      for (int k = 0; k < K; ++k) {
-        const auto y = V::load(a + k * a_stride + l);
+    for (int64_t sample = 0; sample < samples.count; ++sample) {
+      const T* a_sample = a + sample * samples.a_stride;
+      const int64_t src_shift = sample * samples.src_stride;
+      for (int64_t l = 0; l < n; l += L) {
+        typename V::type x[4];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
-          acc[k * 4 + j] += y * x[j];
+          x[j] = V::load(s[j] + src_shift + l);
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < K; ++k) {
+          const auto y = V::load(a_sample + k * a_stride + l);
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            acc[k * 4 + j] += y * x[j];
+          }
         }
       }
     }
@@ -221,18 +237,21 @@ __attribute__((always_inline)) inline void dot_block(
 template <typename T, int kBytes = 64, int kMaxK = 4>
 __attribute__((always_inline)) inline void dot_taps_loop(
     const T* a, int64_t a_stride, const T* src, const int64_t* offsets, int64_t taps, int64_t outputs, int64_t n,
-    T* out, int64_t out_stride) {
+    DotSamples samples, T* out, int64_t out_stride) {
   int64_t k = 0;
   if constexpr (kMaxK >= 4) {
     for (; k + 4 <= outputs; k += 4) {
-      dot_block<T, kBytes, 4>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+      dot_block<T, kBytes, 4>(
+          a + k * a_stride, a_stride, src, offsets, taps, n, samples, out + k * out_stride, out_stride);
     }
   }
   for (; k + 2 <= outputs; k += 2) {
-    dot_block<T, kBytes, 2>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+    dot_block<T, kBytes, 2>(
+        a + k * a_stride, a_stride, src, offsets, taps, n, samples, out + k * out_stride, out_stride);
   }
   for (; k < outputs; ++k) {
-    dot_block<T, kBytes, 1>(a + k * a_stride, a_stride, src, offsets, taps, n, out + k * out_stride, out_stride);
+    dot_block<T, kBytes, 1>(
+        a + k * a_stride, a_stride, src, offsets, taps, n, samples, out + k * out_stride, out_stride);
   }
 }
 
@@ -246,8 +265,8 @@ inline void accumulate_taps(
 template <typename T>
 inline void dot_taps(
     const T* a, int64_t a_stride, const T* src, const int64_t* offsets, int64_t taps, int64_t outputs, int64_t n,
-    T* out, int64_t out_stride) {
-  dot_taps_loop<T, 16, 2>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+    DotSamples samples, T* out, int64_t out_stride) {
+  dot_taps_loop<T, 16, 2>(a, a_stride, src, offsets, taps, outputs, n, samples, out, out_stride);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -272,18 +291,18 @@ void accumulate_taps_sse2(
 }
 __attribute__((target("arch=x86-64-v4"))) void dot_taps_avx512(
     const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
-    int64_t n, float* out, int64_t out_stride) {
-  dot_taps_loop<float, 64, 4>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+    int64_t n, DotSamples samples, float* out, int64_t out_stride) {
+  dot_taps_loop<float, 64, 4>(a, a_stride, src, offsets, taps, outputs, n, samples, out, out_stride);
 }
 __attribute__((target("arch=x86-64-v3"))) void dot_taps_avx2(
     const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
-    int64_t n, float* out, int64_t out_stride) {
-  dot_taps_loop<float, 32, 2>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+    int64_t n, DotSamples samples, float* out, int64_t out_stride) {
+  dot_taps_loop<float, 32, 2>(a, a_stride, src, offsets, taps, outputs, n, samples, out, out_stride);
 }
 void dot_taps_sse2(
     const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
-    int64_t n, float* out, int64_t out_stride) {
-  dot_taps_loop<float, 16, 2>(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+    int64_t n, DotSamples samples, float* out, int64_t out_stride) {
+  dot_taps_loop<float, 16, 2>(a, a_stride, src, offsets, taps, outputs, n, samples, out, out_stride);
 }
 
 // The widest instruction set of this CPU that the loops are compiled for.
@@ -312,11 +331,11 @@ inline void accumulate_taps<float>(
 template <>
 inline void dot_taps<float>(
     const float* a, int64_t a_stride, const float* src, const int64_t* offsets, int64_t taps, int64_t outputs,
-    int64_t n, float* out, int64_t out_stride) {
+    int64_t n, DotSamples samples, float* out, int64_t out_stride) {
   static const auto loop = cpu_isa() == Isa::kAvx512 ? &dot_taps_avx512
       : cpu_isa() == Isa::kAvx2                      ? &dot_taps_avx2
                                                      : &dot_taps_sse2;
-  loop(a, a_stride, src, offsets, taps, outputs, n, out, out_stride);
+  loop(a, a_stride, src, offsets, taps, outputs, n, samples, out, out_stride);
 }
 #endif
 
@@ -610,38 +629,59 @@ void backward_weight(const T* dy, const T* x, const Planes<T>& p, T* dw, int64_t
   const int64_t block_size = (p.out_per_group + wanted_blocks - 1) / wanted_blocks;
   const int64_t blocks = (p.out_per_group + block_size - 1) / block_size;  // per group
   const int64_t grain = std::max<int64_t>(1, group_grain(p) * blocks / std::max<int64_t>(1, batch));
+  // Up to kDotSamples samples at a time, their planes side by side, so that
+  // dot_taps reduces each sum across its lanes once for all of them: on a
+  // small map the reductions cost about as much as the dot products. As
+  // many as fit in kDotSamplesBytes; a large map's planes, whose long dot
+  // products make the reductions cheap, go one sample at a time.
+  const int64_t phases_of_sample = p.channels_per_group * p.phases_size;
+  const int64_t grad_of_sample = block_size * p.wide_size;
+  const int64_t samples_at_once = std::clamp<int64_t>(
+      std::min<int64_t>(
+          kDotSamplesBytes / (static_cast<int64_t>(sizeof(T)) * (phases_of_sample + grad_of_sample)), batch),
+      1, kDotSamples);
   at::parallel_for(0, p.groups * blocks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> phases(p.channels_per_group * p.phases_size, T(0));
-    std::vector<T> grad_wide(block_size * p.wide_size, T(0));
+    std::vector<T> phases(samples_at_once * phases_of_sample, T(0));
+    std::vector<T> grad_wide(samples_at_once * grad_of_sample, T(0));
     std::vector<T> sums(block_size * p.taps);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / blocks;
       const int64_t first_out = group * p.out_per_group + task % blocks * block_size;
       const int64_t outputs = std::min(block_size, (group + 1) * p.out_per_group - first_out);
       std::fill(dw + first_out * group_taps, dw + (first_out + outputs) * group_taps, T(0));
-      for (int64_t n = 0; n < batch; ++n) {
-        for (int64_t c = 0; c < p.channels_per_group; ++c) {
-          const T* x_c = x + (n * g.channels + group * p.channels_per_group + c) * p.in_plane();
-          p.split(x_c, phases.data() + c * p.phases_size);
+      for (int64_t n0 = 0; n0 < batch; n0 += samples_at_once) {
+        const int64_t count = std::min(samples_at_once, batch - n0);
+        for (int64_t s = 0; s < count; ++s) {
+          for (int64_t c = 0; c < p.channels_per_group; ++c) {
+            const T* x_c = x + ((n0 + s) * g.channels + group * p.channels_per_group + c) * p.in_plane();
+            p.split(x_c, phases.data() + s * phases_of_sample + c * p.phases_size);
+          }
+          for (int64_t o = 0; o < outputs; ++o) {
+            p.widen(
+                dy + ((n0 + s) * out_channels + first_out + o) * p.out_plane(),
+                grad_wide.data() + s * grad_of_sample + o * p.wide_size);
+          }
         }
-        for (int64_t o = 0; o < outputs; ++o) {
-          p.widen(dy + (n * out_channels + first_out + o) * p.out_plane(), grad_wide.data() + o * p.wide_size);
-        }
+        const DotSamples samples{count, grad_of_sample, phases_of_sample};
         for (int64_t c = 0; c < p.channels_per_group; ++c) {
-          // sums[o * taps + t]: this sample's part of grad_weight[first_out + o, c, t]
+          // sums[o * taps + t]: these samples' part of grad_weight[first_out + o, c, t]
           const int64_t* offsets = p.tap_offsets.data() + c * p.taps;
           dot_taps<T>(
-              grad_wide.data(), p.wide_size, phases.data(), offsets, p.taps, outputs, p.wide_size, sums.data(), p.taps);
+              grad_wide.data(), p.wide_size, phases.data(), offsets, p.taps, outputs, p.wide_size, samples, sums.data(),
+              p.taps);
           for (int64_t o = 0; o < outputs; ++o) {
-            const T* grad_o = grad_wide.data() + o * p.wide_size;
             for (int64_t t = 0; t < p.taps; ++t) {
               T& sum = sums[o * p.taps + t];
               if (!std::isfinite(sum)) {
                 // Again, row by row over the real outputs only (see the top).
                 sum = 0;
-                for (int64_t oh = 0; oh < g.out_h; ++oh) {
-                  for (int64_t ow = 0; ow < g.out_w; ++ow) {
-                    sum += grad_o[oh * p.phase_w + ow] * phases[offsets[t] + oh * p.phase_w + ow];
+                for (int64_t s = 0; s < count; ++s) {
+                  const T* grad_o = grad_wide.data() + s * grad_of_sample + o * p.wide_size;
+                  const T* phase = phases.data() + s * phases_of_sample + offsets[t];
+                  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+                    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+                      sum += grad_o[oh * p.phase_w + ow] * phase[oh * p.phase_w + ow];
+                    }
                   }
                 }
               }
