@@ -735,8 +735,9 @@ bool use_direct_corr2d(const Corr2dGeometry& g, int64_t out_channels, int64_t gr
       // rows were faster from batch 8 on.
       return out_channels <= kMaxShallowOutputs || g.channels < kFewInputChannels || batch < at::get_num_threads();
     case Corr2dPass::kBackwardWeight:
-      // A dot product per tap, reduced sample by sample: 2-15 times the rows'
-      // time, except where the rows do not run.
+      // A dot product per tap: 2-15 times the rows' time where the rows run
+      // (measured while each sum was still reduced sample by sample, before
+      // backward_weight's samples at once), faster where they do not.
       return g.channels < kFewInputChannels;
   }
   return false;
