@@ -1,11 +1,16 @@
 // First-order reverse mode of the five forward operators, as C++ autograd
-// nodes (torch::autograd::Function), for the calls that need nothing else:
-// an input requires grad, no input carries a forward-mode tangent, no
-// torch.func transform is active (python_module.cpp decides). That is every
-// layer of a training step; recording it in C++ costs a few microseconds less
-// per call than pycnn/_autograd.py's Python function (python -m pycnn.bench
-// overhead), which still handles forward mode, torch.func and the backward
-// operators' own derivatives.
+// nodes, for the calls that need nothing else: an input requires grad, no
+// input carries a forward-mode tangent, no torch.func transform is active
+// (python_module.cpp decides). That is every layer of a training step.
+//
+// Each node is written the way ATen's generated ones are (VariableType's
+// MaxPool2DWithIndicesBackward0 and the rest): a torch::autograd::Node with
+// its saved tensors and arguments as typed members, and the recording done by
+// hand -- next edges, saved variables, the call below autograd, set_history.
+// torch::autograd::Function would do the same through an AutogradContext (a
+// hash map of IValues for the arguments, its own wrapping of every output),
+// which cost 10-20 µs more per forward + backward of a small layer (python -m
+// pycnn.bench overhead; BENCHMARKS.md).
 //
 // Each backward here is the first-order formula of pycnn/_autograd.py, in the
 // same operators: it calls them through the dispatcher, not below autograd,
@@ -14,11 +19,17 @@
 #include "first_order_autograd.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
+#include <c10/util/intrusive_ptr.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 
 #include <array>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 
 namespace pycnn {
@@ -26,7 +37,8 @@ namespace {
 
 using at::IntArrayRef;
 using at::Tensor;
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using torch::jit::Stack;
 
@@ -35,195 +47,284 @@ c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-// A tensor argument of a node's forward that may be None. An absent one is
-// not one of the node's inputs (torch::autograd::Function counts only the
-// tensors), so the position of every later tensor in needs_input_grad shifts.
-bool present(const std::optional<Tensor>& tensor) {
-  return tensor.has_value() && tensor->defined();
+// A new node of type T. torch 2.13 holds autograd nodes in c10::intrusive_ptr
+// (pytorch/pytorch#181782); earlier releases in a std::shared_ptr that must be
+// freed by deleteNode (found by argument-dependent lookup: it is gone from the
+// newer headers).
+template <typename T>
+auto make_node() {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, T>) {
+    return c10::make_intrusive<T>();
+  } else {
+    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
+  }
 }
 
+// What every node below has in common: its name, and saved tensors that are
+// freed once the backward has run (unless retain_graph=True).
+template <size_t SavedCount>
+struct PycnnNode : Node {
+  explicit PycnnNode(const char* node_name) : node_name_(node_name) {}
+
+  std::string name() const override { return node_name_; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable& variable : saved) {
+      variable.reset_data();
+    }
+  }
+
+  std::array<SavedVariable, SavedCount> saved;
+
+ private:
+  const char* node_name_;
+};
+
+// Whether a backward's own operator calls must go through their Autograd
+// kernel: with create_graph=True (grad mode on during the backward), to be
+// recorded for the next derivative, or when a gradient carries a forward-mode
+// tangent. Otherwise the node calls the kernels below autograd: the same
+// result, without boxing every argument for that kernel (a few µs a call).
+bool backward_is_differentiated(const variable_list& grads) {
+  if (at::GradMode::is_enabled()) {
+    return true;
+  }
+  for (const Tensor& grad : grads) {
+    if (grad.defined() && grad._fw_grad(/*level=*/0).defined()) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Runs the backward's operator calls below autograd unless
+// backward_is_differentiated(grads).
+struct BackwardCalls {
+  explicit BackwardCalls(const variable_list& grads) {
+    if (!backward_is_differentiated(grads)) {
+      below_autograd.emplace();
+    }
+  }
+  std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+};
+
+// A tensor argument that may be None, as the backward operators take it.
 std::optional<Tensor> optional_tensor(const Tensor& tensor) {
   return tensor.defined() ? std::optional<Tensor>(tensor) : std::nullopt;
+}
+
+// A saved tensor: the forward's tensors are inputs of the node's call (or
+// outputs that are not differentiable), never the node's own outputs.
+SavedVariable save(const Tensor& tensor) {
+  return SavedVariable(tensor, /*is_output=*/false);
 }
 
 // --- corr2d -------------------------------------------------------------------
 // Bilinear in (input, weight): the gradients are corr2d_backward_input and
 // corr2d_backward_weight (which also gives the bias's, as output_mask asks).
 
-struct Corr2d : torch::autograd::Function<Corr2d> {
-  static Tensor forward(
-      AutogradContext* ctx, const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
-      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-    static const auto op = typed_op<Tensor(
-        const Tensor&, const Tensor&, const std::optional<Tensor>&, IntArrayRef, IntArrayRef, IntArrayRef, int64_t)>(
-        "pycnn::corr2d");
-    ctx->save_for_backward({input, weight});
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["has_bias"] = present(bias);
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(input, weight, bias, stride, padding, dilation, groups);
-  }
+struct Corr2dBackward : PycnnNode<2> {
+  Corr2dBackward() : PycnnNode("pycnn::Corr2dBackward") {}
+  c10::DimVector stride, padding, dilation;
+  int64_t groups = 1;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static const auto backward_input = typed_op<Tensor(
         const Tensor&, const Tensor&, c10::SymIntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, int64_t)>(
         "pycnn::corr2d_backward_input");
     static const auto backward_weight = typed_op<std::tuple<Tensor, Tensor>(
         const Tensor&, const Tensor&, c10::SymIntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, int64_t,
         std::array<bool, 2>)>("pycnn::corr2d_backward_weight");
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor& input = saved[0];
-    const Tensor& weight = saved[1];
-    const auto stride = ctx->saved_data["stride"].toDimVector();
-    const auto padding = ctx->saved_data["padding"].toDimVector();
-    const auto dilation = ctx->saved_data["dilation"].toDimVector();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    Tensor grad_input, grad_weight, grad_bias;
-    if (ctx->needs_input_grad(0)) {
-      grad_input = backward_input.call(grads[0], weight, input.sym_sizes(), stride, padding, dilation, groups);
+    variable_list result(3);  // input, weight, bias
+    if (!grads[0].defined()) {
+      return result;
+    }
+    const Tensor input = saved[0].unpack();
+    const Tensor weight = saved[1].unpack();
+    const BackwardCalls calls(grads);
+    if (task_should_compute_output(0)) {
+      result[0] = backward_input.call(grads[0], weight, input.sym_sizes(), stride, padding, dilation, groups);
     }
     // Only what is needed: an output not in the mask is not computed.
-    const std::array<bool, 2> mask{ctx->needs_input_grad(1), has_bias && ctx->needs_input_grad(2)};
+    const std::array<bool, 2> mask{task_should_compute_output(1), task_should_compute_output(2)};
     if (mask[0] || mask[1]) {
-      std::tie(grad_weight, grad_bias) =
+      auto [grad_weight, grad_bias] =
           backward_weight.call(grads[0], input, weight.sym_sizes(), stride, padding, dilation, groups, mask);
-      grad_weight = mask[0] ? grad_weight : Tensor();
-      grad_bias = mask[1] ? grad_bias : Tensor();
+      result[1] = mask[0] ? grad_weight : Tensor();
+      result[2] = mask[1] ? grad_bias : Tensor();
     }
-    return {grad_input, grad_weight, grad_bias, Tensor(), Tensor(), Tensor(), Tensor()};
+    return result;
   }
 };
 
 void corr2d(Stack* stack) {
+  static const auto op = typed_op<Tensor(
+      const Tensor&, const Tensor&, const std::optional<Tensor>&, IntArrayRef, IntArrayRef, IntArrayRef, int64_t)>(
+      "pycnn::corr2d");
   const size_t first = stack->size() - 7;
   auto& args = *stack;
-  Tensor output = Corr2d::apply(
-      args[first].toTensor(), args[first + 1].toTensor(), args[first + 2].toOptional<Tensor>(),
-      args[first + 3].toDimVector(), args[first + 4].toDimVector(), args[first + 5].toDimVector(),
-      args[first + 6].toInt());
+  const Tensor input = args[first].toTensor();
+  const Tensor weight = args[first + 1].toTensor();
+  const auto bias = args[first + 2].toOptional<Tensor>();
+  const auto stride = args[first + 3].toDimVector();
+  const auto padding = args[first + 4].toDimVector();
+  const auto dilation = args[first + 5].toDimVector();
+  const int64_t groups = args[first + 6].toInt();
   torch::jit::drop(*stack, 7);
+
+  const auto node = make_node<Corr2dBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  node->saved = {save(input), save(weight)};
+  node->stride = stride;
+  node->padding = padding;
+  node->dilation = dilation;
+  node->groups = groups;
+  Tensor output;
+  {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    output = op.call(input, weight, bias, stride, padding, dilation, groups);
+  }
+  torch::autograd::set_history(output, node);
   stack->emplace_back(std::move(output));
 }
 
 // --- max_pool2d ---------------------------------------------------------------
 // Linear in the input for the saved argmax; the indices are not differentiable.
 
-struct MaxPool2d : torch::autograd::Function<MaxPool2d> {
-  static variable_list forward(
-      AutogradContext* ctx, const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
-      IntArrayRef dilation, bool ceil_mode) {
-    static const auto op =
-        typed_op<std::tuple<Tensor, Tensor>(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool)>(
-            "pycnn::max_pool2d");
-    ctx->saved_data["kernel_size"] = kernel_size;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["ceil_mode"] = ceil_mode;
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, indices] = op.call(input, kernel_size, stride, padding, dilation, ceil_mode);
-    ctx->save_for_backward({input, indices});
-    ctx->mark_non_differentiable({indices});
-    return {output, indices};
-  }
+struct MaxPool2dBackward : PycnnNode<2> {
+  MaxPool2dBackward() : PycnnNode("pycnn::MaxPool2dBackward") {}
+  c10::DimVector kernel_size, stride, padding, dilation;
+  bool ceil_mode = false;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static const auto backward_op = typed_op<Tensor(
         const Tensor&, const Tensor&, const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool)>(
         "pycnn::max_pool2d_backward");
-    const variable_list saved = ctx->get_saved_variables();
-    Tensor grad_input = backward_op.call(
-        grads[0], saved[0], saved[1], ctx->saved_data["kernel_size"].toDimVector(),
-        ctx->saved_data["stride"].toDimVector(), ctx->saved_data["padding"].toDimVector(),
-        ctx->saved_data["dilation"].toDimVector(), ctx->saved_data["ceil_mode"].toBool());
-    return {grad_input, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    if (!grads[0].defined() || !task_should_compute_output(0)) {
+      return {Tensor()};
+    }
+    const BackwardCalls calls(grads);
+    return {backward_op.call(
+        grads[0], saved[0].unpack(), saved[1].unpack(), kernel_size, stride, padding, dilation, ceil_mode)};
   }
 };
 
 void max_pool2d(Stack* stack) {
+  static const auto op =
+      typed_op<std::tuple<Tensor, Tensor>(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool)>(
+          "pycnn::max_pool2d");
   const size_t first = stack->size() - 6;
   auto& args = *stack;
-  variable_list outputs = MaxPool2d::apply(
-      args[first].toTensor(), args[first + 1].toDimVector(), args[first + 2].toDimVector(),
-      args[first + 3].toDimVector(), args[first + 4].toDimVector(), args[first + 5].toBool());
+  const Tensor input = args[first].toTensor();
+  const auto node = make_node<MaxPool2dBackward>();
+  node->kernel_size = args[first + 1].toDimVector();
+  node->stride = args[first + 2].toDimVector();
+  node->padding = args[first + 3].toDimVector();
+  node->dilation = args[first + 4].toDimVector();
+  node->ceil_mode = args[first + 5].toBool();
   torch::jit::drop(*stack, 6);
-  stack->emplace_back(std::move(outputs[0]));
-  stack->emplace_back(std::move(outputs[1]));
+
+  node->set_next_edges(torch::autograd::collect_next_edges(input));
+  Tensor output, indices;
+  {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    std::tie(output, indices) =
+        op.call(input, node->kernel_size, node->stride, node->padding, node->dilation, node->ceil_mode);
+  }
+  node->saved = {save(input), save(indices)};
+  torch::autograd::set_history(output, node);
+  stack->emplace_back(std::move(output));
+  stack->emplace_back(std::move(indices));
 }
 
 // --- avg_pool2d ---------------------------------------------------------------
 // Linear: the gradient is the backward operator (which takes the input for
 // its shape).
 
-struct AvgPool2d : torch::autograd::Function<AvgPool2d> {
-  static Tensor forward(
-      AutogradContext* ctx, const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
-      bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-    static const auto op =
-        typed_op<Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool, std::optional<int64_t>)>(
-            "pycnn::avg_pool2d");
-    ctx->save_for_backward({input});
-    ctx->saved_data["kernel_size"] = kernel_size;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["ceil_mode"] = ceil_mode;
-    ctx->saved_data["count_include_pad"] = count_include_pad;
-    ctx->saved_data["divisor_override"] = divisor_override;
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
-  }
+struct AvgPool2dBackward : PycnnNode<1> {
+  AvgPool2dBackward() : PycnnNode("pycnn::AvgPool2dBackward") {}
+  c10::DimVector kernel_size, stride, padding;
+  bool ceil_mode = false;
+  bool count_include_pad = true;
+  std::optional<int64_t> divisor_override;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static const auto backward_op = typed_op<Tensor(
         const Tensor&, const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool, std::optional<int64_t>)>(
         "pycnn::avg_pool2d_backward");
-    const variable_list saved = ctx->get_saved_variables();
-    Tensor grad_input = backward_op.call(
-        grads[0], saved[0], ctx->saved_data["kernel_size"].toDimVector(), ctx->saved_data["stride"].toDimVector(),
-        ctx->saved_data["padding"].toDimVector(), ctx->saved_data["ceil_mode"].toBool(),
-        ctx->saved_data["count_include_pad"].toBool(), ctx->saved_data["divisor_override"].toOptional<int64_t>());
-    return {grad_input, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    if (!grads[0].defined() || !task_should_compute_output(0)) {
+      return {Tensor()};
+    }
+    const BackwardCalls calls(grads);
+    return {backward_op.call(
+        grads[0], saved[0].unpack(), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)};
   }
 };
 
 void avg_pool2d(Stack* stack) {
+  static const auto op =
+      typed_op<Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool, std::optional<int64_t>)>(
+          "pycnn::avg_pool2d");
   const size_t first = stack->size() - 7;
   auto& args = *stack;
-  Tensor output = AvgPool2d::apply(
-      args[first].toTensor(), args[first + 1].toDimVector(), args[first + 2].toDimVector(),
-      args[first + 3].toDimVector(), args[first + 4].toBool(), args[first + 5].toBool(),
-      args[first + 6].toOptional<int64_t>());
+  const Tensor input = args[first].toTensor();
+  const auto node = make_node<AvgPool2dBackward>();
+  node->kernel_size = args[first + 1].toDimVector();
+  node->stride = args[first + 2].toDimVector();
+  node->padding = args[first + 3].toDimVector();
+  node->ceil_mode = args[first + 4].toBool();
+  node->count_include_pad = args[first + 5].toBool();
+  node->divisor_override = args[first + 6].toOptional<int64_t>();
   torch::jit::drop(*stack, 7);
+
+  node->set_next_edges(torch::autograd::collect_next_edges(input));
+  node->saved = {save(input)};
+  Tensor output;
+  {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    output = op.call(
+        input, node->kernel_size, node->stride, node->padding, node->ceil_mode, node->count_include_pad,
+        node->divisor_override);
+  }
+  torch::autograd::set_history(output, node);
   stack->emplace_back(std::move(output));
 }
 
 // --- adaptive_avg_pool2d ------------------------------------------------------
 // Linear, as avg_pool2d.
 
-struct AdaptiveAvgPool2d : torch::autograd::Function<AdaptiveAvgPool2d> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, IntArrayRef output_size) {
-    static const auto op = typed_op<Tensor(const Tensor&, IntArrayRef)>("pycnn::adaptive_avg_pool2d");
-    ctx->save_for_backward({input});
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(input, output_size);
-  }
+struct AdaptiveAvgPool2dBackward : PycnnNode<1> {
+  AdaptiveAvgPool2dBackward() : PycnnNode("pycnn::AdaptiveAvgPool2dBackward") {}
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static const auto backward_op =
         typed_op<Tensor(const Tensor&, const Tensor&)>("pycnn::adaptive_avg_pool2d_backward");
-    return {backward_op.call(grads[0], ctx->get_saved_variables()[0]), Tensor()};
+    if (!grads[0].defined() || !task_should_compute_output(0)) {
+      return {Tensor()};
+    }
+    const BackwardCalls calls(grads);
+    return {backward_op.call(grads[0], saved[0].unpack())};
   }
 };
 
 void adaptive_avg_pool2d(Stack* stack) {
+  static const auto op = typed_op<Tensor(const Tensor&, IntArrayRef)>("pycnn::adaptive_avg_pool2d");
   const size_t first = stack->size() - 2;
   auto& args = *stack;
-  Tensor output = AdaptiveAvgPool2d::apply(args[first].toTensor(), args[first + 1].toDimVector());
+  const Tensor input = args[first].toTensor();
+  const auto output_size = args[first + 1].toDimVector();
   torch::jit::drop(*stack, 2);
+
+  const auto node = make_node<AdaptiveAvgPool2dBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input));
+  node->saved = {save(input)};
+  Tensor output;
+  {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    output = op.call(input, output_size);
+  }
+  torch::autograd::set_history(output, node);
   stack->emplace_back(std::move(output));
 }
 
@@ -231,64 +332,68 @@ void adaptive_avg_pool2d(Stack* stack) {
 // The backward operator gives all three gradients, through the batch
 // statistics when they were used; the saved statistics and the new running
 // statistics are not differentiable (pycnn/_autograd.py says why that is
-// still exact at every order).
+// still exact at every order), and neither are the running statistics: the
+// node's edges are (input, weight, bias), an absent one an empty edge.
 
-struct BatchNorm : torch::autograd::Function<BatchNorm> {
-  static variable_list forward(
-      AutogradContext* ctx, const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-      const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, bool training,
-      double momentum, double eps) {
-    static const auto op = typed_op<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-        const Tensor&, const std::optional<Tensor>&, const std::optional<Tensor>&, const std::optional<Tensor>&,
-        const std::optional<Tensor>&, bool, double, double)>("pycnn::batch_norm");
-    variable_list outputs(5);
-    {
-      const at::AutoDispatchBelowADInplaceOrView below_autograd;
-      std::tie(outputs[0], outputs[1], outputs[2], outputs[3], outputs[4]) =
-          op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
-    }
-    ctx->save_for_backward({input, present(weight) ? *weight : Tensor(), outputs[1], outputs[2]});
-    ctx->saved_data["used_batch_stats"] = training || !present(running_mean);
-    // The positions of weight and bias among the node's inputs (see present()).
-    ctx->saved_data["weight_input"] = present(weight) ? int64_t{1} : int64_t{-1};
-    ctx->saved_data["bias_input"] = present(bias) ? int64_t{1} + present(weight) : int64_t{-1};
-    ctx->mark_non_differentiable({outputs[1], outputs[2], outputs[3], outputs[4]});
-    return outputs;
-  }
+struct BatchNormBackward : PycnnNode<4> {
+  BatchNormBackward() : PycnnNode("pycnn::BatchNormBackward") {}
+  bool used_batch_stats = true;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static const auto backward_op = typed_op<std::tuple<Tensor, Tensor, Tensor>(
         const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, bool)>(
         "pycnn::batch_norm_backward");
-    const variable_list saved = ctx->get_saved_variables();
-    const auto needs = [&](const char* input) {
-      const int64_t index = ctx->saved_data[input].toInt();
-      return index >= 0 && ctx->needs_input_grad(index);
-    };
+    variable_list result(3);  // input, weight, bias
+    if (!grads[0].defined()) {
+      return result;
+    }
+    const BackwardCalls calls(grads);
     auto [grad_input, grad_weight, grad_bias] = backward_op.call(
-        grads[0], saved[0], optional_tensor(saved[1]), saved[2], saved[3],
-        ctx->saved_data["used_batch_stats"].toBool());
-    return {ctx->needs_input_grad(0) ? grad_input : Tensor(),
-            needs("weight_input") ? grad_weight : Tensor(),
-            needs("bias_input") ? grad_bias : Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
+        grads[0], saved[0].unpack(), optional_tensor(saved[1].unpack()), saved[2].unpack(), saved[3].unpack(),
+        used_batch_stats);
+    result[0] = task_should_compute_output(0) ? grad_input : Tensor();
+    result[1] = task_should_compute_output(1) ? grad_weight : Tensor();
+    result[2] = task_should_compute_output(2) ? grad_bias : Tensor();
+    return result;
   }
 };
 
 void batch_norm(Stack* stack) {
+  static const auto op = typed_op<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const std::optional<Tensor>&, const std::optional<Tensor>&, const std::optional<Tensor>&,
+      const std::optional<Tensor>&, bool, double, double)>("pycnn::batch_norm");
   const size_t first = stack->size() - 8;
   auto& args = *stack;
-  variable_list outputs = BatchNorm::apply(
-      args[first].toTensor(), args[first + 1].toOptional<Tensor>(), args[first + 2].toOptional<Tensor>(),
-      args[first + 3].toOptional<Tensor>(), args[first + 4].toOptional<Tensor>(), args[first + 5].toBool(),
-      args[first + 6].toDouble(), args[first + 7].toDouble());
+  const Tensor input = args[first].toTensor();
+  const auto weight = args[first + 1].toOptional<Tensor>();
+  const auto bias = args[first + 2].toOptional<Tensor>();
+  const auto running_mean = args[first + 3].toOptional<Tensor>();
+  const auto running_var = args[first + 4].toOptional<Tensor>();
+  const bool training = args[first + 5].toBool();
+  const double momentum = args[first + 6].toDouble();
+  const double eps = args[first + 7].toDouble();
   torch::jit::drop(*stack, 8);
-  for (Tensor& output : outputs) {
-    stack->emplace_back(std::move(output));
+
+  if (!torch::autograd::compute_requires_grad(input, weight, bias)) {
+    // Only a running statistic requires grad: nothing here is differentiable in it.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto results = op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
+    std::apply([&](auto&... result) { (stack->emplace_back(std::move(result)), ...); }, results);
+    return;
+  }
+  const auto node = make_node<BatchNormBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  node->used_batch_stats = training || !(running_mean.has_value() && running_mean->defined());
+  Tensor output, save_mean, save_invstd, new_running_mean, new_running_var;
+  {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    std::tie(output, save_mean, save_invstd, new_running_mean, new_running_var) =
+        op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
+  }
+  node->saved = {save(input), save(weight.value_or(Tensor())), save(save_mean), save(save_invstd)};
+  torch::autograd::set_history(output, node);
+  for (Tensor* result : {&output, &save_mean, &save_invstd, &new_running_mean, &new_running_var}) {
+    stack->emplace_back(std::move(*result));
   }
 }
 

@@ -102,7 +102,7 @@ def test_torch_func_transforms_are_recorded():
 
 def _recorded_by(tensor):
     name = tensor.grad_fn.name()
-    return "C++" if name.startswith("torch::autograd::CppNode<pycnn::") else name
+    return "C++" if name.startswith("pycnn::") else name
 
 
 @pytest.mark.parametrize("name", CALLS)
@@ -200,3 +200,58 @@ def test_every_backward_operator_is_recorded_too(name):
         assert gx.grad_fn is not None
         results.append(torch.autograd.grad(gx.sum(), w)[0])
     torch.testing.assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_the_cpp_node_frees_its_saved_tensors_unless_the_graph_is_retained(name):
+    ours, native = CALLS[name]
+    x, w = _inputs(requires_grad=True)
+    y = ours(x, w)
+    assert _recorded_by(y) == "C++"
+    first = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], first[0])  # retained: again
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(y.sum(), x)
+
+
+def test_the_cpp_node_sees_an_in_place_change_of_a_saved_tensor():
+    x, w = _inputs(requires_grad=True)
+    h = x * 1.0
+    y = P.conv2d(h, w, padding=1)
+    assert _recorded_by(y) == "C++"
+    h.add_(1.0)  # corr2d saved h for the weight's gradient
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+# name -> a call of the operator on the input alone, so that its node is the only one that saves tensors
+ON_THE_INPUT = {
+    "corr2d": lambda x, w: P.conv2d(x, w.detach(), padding=1),
+    "max_pool2d": lambda x, w: P.max_pool2d(x, 2),
+    "avg_pool2d": lambda x, w: P.avg_pool2d(x, 2, padding=1),
+    "adaptive_avg_pool2d": lambda x, w: P.adaptive_avg_pool2d(x, 3),
+    "batch_norm": lambda x, w: P.batch_norm(x, None, None, w.detach()[:, 0, 0, 0], None, training=True),
+}
+
+
+@pytest.mark.parametrize("name", ON_THE_INPUT)
+def test_the_cpp_node_saves_through_saved_tensors_hooks(name):
+    """torch.autograd.graph.saved_tensors_hooks sees every tensor the node saves (offloading, checkpointing)."""
+    packed, unpacked = [], []
+
+    def pack(tensor):
+        packed.append(tensor.shape)
+        return tensor.clone()
+
+    def unpack(tensor):
+        unpacked.append(tensor.shape)
+        return tensor
+
+    x, w = _inputs(requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        y = ON_THE_INPUT[name](x, w)
+    assert _recorded_by(y) == "C++" and packed
+    (grad,) = torch.autograd.grad((y**2).sum(), x)
+    assert sorted(unpacked) == sorted(packed)
+    xn = x.detach().requires_grad_()
+    torch.testing.assert_close(grad, torch.autograd.grad((ON_THE_INPUT[name](xn, w) ** 2).sum(), xn)[0])
