@@ -3,8 +3,9 @@ no_grad forward) on tiny tensors, where the arithmetic is negligible and what
 is left is dispatch, autograd bookkeeping and Python, against native.
 
 Each figure is a low quantile (the 10th percentile) of many single calls, so
-that it reads the cost itself rather than the machine's noise; pin the process
-to one core (taskset -c 1) for the steadiest figures.
+that it reads the cost itself rather than the machine's noise, and pycnn's and
+native's calls take turns; pin the process to one core (taskset -c 1) for the
+steadiest figures.
 """
 import statistics
 import time
@@ -41,21 +42,30 @@ def _quantile_us(times):
     return statistics.quantiles(times, n=10)[0] * 1e6
 
 
-def measure(fn, x0, calls, warmup):
-    step, forward = [], []
+def measure(fns, x0, calls, warmup):
+    """{name: (fwd+bwd µs, no_grad fwd µs)} of each call in fns, the calls taking turns call by call.
+
+    Taking turns puts pycnn's and native's calls in the same moments of a noisy
+    machine (another process, a frequency step), so their difference holds
+    still where two blocks of calls one after the other would not.
+    """
+    step = {name: [] for name in fns}
+    forward = {name: [] for name in fns}
     for i in range(calls + warmup):
-        x = x0.clone().requires_grad_()
-        start = time.perf_counter()
-        fn(x).sum().backward()
-        if i >= warmup:
-            step.append(time.perf_counter() - start)
+        for name, fn in fns.items():
+            x = x0.clone().requires_grad_()
+            start = time.perf_counter()
+            fn(x).sum().backward()
+            if i >= warmup:
+                step[name].append(time.perf_counter() - start)
     with torch.no_grad():
         for i in range(calls + warmup):
-            start = time.perf_counter()
-            fn(x0)
-            if i >= warmup:
-                forward.append(time.perf_counter() - start)
-    return _quantile_us(step), _quantile_us(forward)
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn(x0)
+                if i >= warmup:
+                    forward[name].append(time.perf_counter() - start)
+    return {name: (_quantile_us(step[name]), _quantile_us(forward[name])) for name in fns}
 
 
 def add_arguments(parser):
@@ -73,8 +83,8 @@ def print_table(calls, warmup=200, families=None):
     for name, (family, make) in _cases().items():
         if families and family not in families:
             continue
-        ours_step, ours_forward = measure(make(P), x0, calls, warmup=warmup)
-        native_step, native_forward = measure(make(F), x0, calls, warmup=warmup)
+        times = measure({"pycnn": make(P), "native": make(F)}, x0, calls, warmup=warmup)
+        (ours_step, ours_forward), (native_step, native_forward) = times["pycnn"], times["native"]
         print(f"| {family} | {name} | {ours_step:.1f} | {native_step:.1f} | {ours_step - native_step:+.1f} | "
               f"{ours_forward:.1f} | {native_forward:.1f} | {ours_forward - native_forward:+.1f} |", flush=True)
 
