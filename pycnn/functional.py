@@ -111,8 +111,21 @@ def _batch_norm(
         input, weight, bias, running_mean, running_var, training, momentum, eps
     )
     if training and running_mean is not None and running_var is not None:
-        # In place, as torch.nn.functional.batch_norm updates them.
-        with torch.no_grad():
+        # In place, as torch.nn.functional.batch_norm updates them. The new
+        # values are not differentiable; only statistics that require grad
+        # (a leaf may not be written in place while grad mode records) need
+        # torch.no_grad(), whose context costs about 10 µs a call on the
+        # slower CPU VMs (BENCHMARKS.md).
+        if (
+            running_mean.requires_grad
+            or running_var.requires_grad
+            or new_running_mean.requires_grad
+            or new_running_var.requires_grad
+        ):
+            with torch.no_grad():
+                running_mean.copy_(new_running_mean)
+                running_var.copy_(new_running_var)
+        else:
             running_mean.copy_(new_running_mean)
             running_var.copy_(new_running_var)
     return output

@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import pycnn.functional as P
+
 from conftest import NONCONTIG_VIEWS, assert_close_scaled, check_grad_output_layouts, compare_with_native
 from samples import BATCH_NORM_SHAPES, batch_norm_affine, batch_norm_args, batch_norm_backward_args, batch_norm_stats
 
@@ -364,3 +366,24 @@ def test_batch_norm_mixed_precision(PF, dtype, training, device):
                                   *results):
         assert ours.dtype == native.dtype, name
         assert_close_scaled(ours, native, dtype, "norm", msg=name)
+
+
+def test_running_statistics_that_require_grad_are_updated_like_plain_ones():
+    """pycnn.functional.batch_norm writes the new statistics in place; running statistics that
+    require grad (leaves, which grad mode may not write) go through torch.no_grad(), others not:
+    both give the same update, and nothing is recorded."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    plain = (torch.randn(3, generator=gen, dtype=torch.float64), torch.rand(3, generator=gen, dtype=torch.float64))
+    leaves = tuple(t.clone().requires_grad_() for t in plain)
+    for running_mean, running_var in (plain, leaves):
+        P.batch_norm(x, running_mean, running_var, training=True, momentum=0.3).sum().backward()
+    torch.testing.assert_close(leaves[0].detach(), plain[0])
+    torch.testing.assert_close(leaves[1].detach(), plain[1])
+    assert leaves[0].grad is None and leaves[0].grad_fn is None
+    # and the update is native's
+    mean, var = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
+    native = mean.clone(), var.clone()
+    P.batch_norm(x, mean, var, training=True, momentum=0.3)
+    F.batch_norm(x, *native, training=True, momentum=0.3)
+    torch.testing.assert_close((mean, var), native)
