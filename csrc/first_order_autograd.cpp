@@ -19,6 +19,7 @@
 #include "first_order_autograd.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -83,11 +84,14 @@ struct PycnnNode : Node {
 
 // Whether a backward's own operator calls must go through their Autograd
 // kernel: with create_graph=True (grad mode on during the backward), to be
-// recorded for the next derivative, or when a gradient carries a forward-mode
-// tangent. Otherwise the node calls the kernels below autograd: the same
-// result, without boxing every argument for that kernel (a few µs a call).
+// recorded for the next derivative; under a torch.func transform (whose keys
+// stay in the thread's included set while it is active, as python_module.cpp
+// checks); or when a gradient carries a forward-mode tangent. Otherwise the
+// node calls the kernels below autograd: the same result, without boxing
+// every argument for that kernel (a few µs a call).
 bool backward_is_differentiated(const variable_list& grads) {
-  if (at::GradMode::is_enabled()) {
+  if (at::GradMode::is_enabled() ||
+      c10::impl::tls_local_dispatch_key_set().included_.has(c10::DispatchKey::FuncTorchDynamicLayerBackMode)) {
     return true;
   }
   for (const Tensor& grad : grads) {
@@ -167,23 +171,19 @@ void corr2d(Stack* stack) {
   const Tensor input = args[first].toTensor();
   const Tensor weight = args[first + 1].toTensor();
   const auto bias = args[first + 2].toOptional<Tensor>();
-  const auto stride = args[first + 3].toDimVector();
-  const auto padding = args[first + 4].toDimVector();
-  const auto dilation = args[first + 5].toDimVector();
-  const int64_t groups = args[first + 6].toInt();
+  const auto node = make_node<Corr2dBackward>();
+  node->stride = args[first + 3].toDimVector();
+  node->padding = args[first + 4].toDimVector();
+  node->dilation = args[first + 5].toDimVector();
+  node->groups = args[first + 6].toInt();
   torch::jit::drop(*stack, 7);
 
-  const auto node = make_node<Corr2dBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
   node->saved = {save(input), save(weight)};
-  node->stride = stride;
-  node->padding = padding;
-  node->dilation = dilation;
-  node->groups = groups;
   Tensor output;
   {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    output = op.call(input, weight, bias, stride, padding, dilation, groups);
+    output = op.call(input, weight, bias, node->stride, node->padding, node->dilation, node->groups);
   }
   torch::autograd::set_history(output, node);
   stack->emplace_back(std::move(output));
