@@ -204,7 +204,7 @@ def test_every_backward_operator_is_recorded_too(name):
 
 @pytest.mark.parametrize("name", CALLS)
 def test_the_cpp_node_frees_its_saved_tensors_unless_the_graph_is_retained(name):
-    ours, native = CALLS[name]
+    ours, _ = CALLS[name]
     x, w = _inputs(requires_grad=True)
     y = ours(x, w)
     assert _recorded_by(y) == "C++"
