@@ -87,7 +87,8 @@ def make_extension():
     print(f"pycnn: building {'C++ and CUDA' if with_cuda else 'C++ only'} kernels: {reason}", flush=True)
     write_build_info(with_cuda)
 
-    sources = ["csrc/pycnn.cpp", "csrc/python_module.cpp", "csrc/first_order_autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    python_sources = ["csrc/python_module.cpp", "csrc/first_order_autograd.cpp", "csrc/eager_entry.cpp"]
+    sources = ["csrc/pycnn.cpp", *python_sources] + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     cxx_flags = ["-O3", "-fopenmp"]
     extra_compile_args = {"cxx": cxx_flags}

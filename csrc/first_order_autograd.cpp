@@ -18,6 +18,8 @@
 // derivative of this derivative is the Python one.
 #include "first_order_autograd.h"
 
+#include "typed_op.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/intrusive_ptr.h>
@@ -42,11 +44,6 @@ using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using torch::jit::Stack;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 // A new node of type T. torch 2.13 holds autograd nodes in c10::intrusive_ptr
 // (pytorch/pytorch#181782); earlier releases in a std::shared_ptr that must be

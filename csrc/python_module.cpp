@@ -28,7 +28,9 @@
 
 #include <string>
 #include <unordered_map>
+#include <vector>
 
+#include "eager_entry.h"
 #include "first_order_autograd.h"
 
 namespace pycnn {
@@ -142,11 +144,18 @@ PyObject* set_autograd_kernel(PyObject* /*module*/, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-PyMethodDef methods[] = {
-    {"_set_autograd_kernel", set_autograd_kernel, METH_VARARGS,
-     "_set_autograd_kernel(name, kernel): the Python Autograd kernel of pycnn::name"},
-    {nullptr, nullptr, 0, nullptr},
-};
+// The module's methods: _set_autograd_kernel and the eager entries.
+PyMethodDef* methods() {
+  static std::vector<PyMethodDef> table = [] {
+    std::vector<PyMethodDef> all = eager_entries();
+    all.push_back(
+        {"_set_autograd_kernel", set_autograd_kernel, METH_VARARGS,
+         "_set_autograd_kernel(name, kernel): the Python Autograd kernel of pycnn::name"});
+    all.push_back({nullptr, nullptr, 0, nullptr});
+    return all;
+  }();
+  return table.data();
+}
 
 }  // namespace
 
@@ -162,6 +171,6 @@ TORCH_LIBRARY_IMPL(pycnn, Autograd, m) {
 
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "pycnn's compiled operators, registered as torch.ops.pycnn", -1, pycnn::methods};
+      PyModuleDef_HEAD_INIT, "_C", "pycnn's compiled operators, registered as torch.ops.pycnn", -1, pycnn::methods()};
   return PyModule_Create(&module_def);
 }

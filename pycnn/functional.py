@@ -5,12 +5,21 @@ max_pool2d, avg_pool2d, adaptive_avg_pool2d and batch_norm, batched
 (N, C, H, W) or unbatched (C, H, W). Each public function normalises its
 arguments and calls a TorchScript-compatible core (the ``_..`` functions with
 ``List[int]`` arguments), which pycnn.nn's modules call directly.
+
+A core calls its operator as ``torch.ops.pycnn.<op>`` where that is traced or
+compiled (torch.compile, torch.export, TorchScript) and, in eager mode, as
+``pycnn._C.<op>``: the same operator with the same arguments, whose Python
+arguments are parsed in C++ (csrc/eager_entry.cpp), a few µs a call less
+than torch.ops' generic parsing (BENCHMARKS.md). Any call that entry does not
+take (a __torch_function__ tensor or mode, ...) it hands to torch.ops.
 """
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pycnn import _C
 
 ops = torch.ops.pycnn
 
@@ -36,6 +45,11 @@ def _check_rank(function: str, input: Tensor) -> None:
 
 
 # --- TorchScript-compatible cores ---------------------------------------------
+# Each calls torch.ops.pycnn.<op> when it is scripted (TorchScript compiles
+# only that branch of `torch.jit.is_scripting() or ...`), compiled or exported
+# (torch.compile reads is_compiling() as a constant), and pycnn._C.<op>
+# otherwise. The condition is written out in each core: behind a helper
+# function, TorchScript would compile both branches.
 
 
 def _corr2d(
@@ -47,18 +61,25 @@ def _corr2d(
     dilation: List[int],
     groups: int,
 ) -> Tensor:
-    if input.dim() == 3:
-        return ops.corr2d(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
-    return ops.corr2d(input, weight, bias, stride, padding, dilation, groups)
+    batched = input.unsqueeze(0) if input.dim() == 3 else input
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        output = ops.corr2d(batched, weight, bias, stride, padding, dilation, groups)
+    else:
+        output = _C.corr2d(batched, weight, bias, stride, padding, dilation, groups)
+    return output.squeeze(0) if input.dim() == 3 else output
 
 
 def _max_pool2d(
     input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int], ceil_mode: bool
 ) -> Tuple[Tensor, Tensor]:
+    batched = input.unsqueeze(0) if input.dim() == 3 else input
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        output, indices = ops.max_pool2d(batched, kernel_size, stride, padding, dilation, ceil_mode)
+    else:
+        output, indices = _C.max_pool2d(batched, kernel_size, stride, padding, dilation, ceil_mode)
     if input.dim() == 3:
-        output, indices = ops.max_pool2d(input.unsqueeze(0), kernel_size, stride, padding, dilation, ceil_mode)
         return output.squeeze(0), indices.squeeze(0)
-    return ops.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return output, indices
 
 
 def _avg_pool2d(
@@ -70,17 +91,21 @@ def _avg_pool2d(
     count_include_pad: bool,
     divisor_override: Optional[int],
 ) -> Tensor:
-    if input.dim() == 3:
-        return ops.avg_pool2d(
-            input.unsqueeze(0), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-        ).squeeze(0)
-    return ops.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    batched = input.unsqueeze(0) if input.dim() == 3 else input
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        output = ops.avg_pool2d(batched, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    else:
+        output = _C.avg_pool2d(batched, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return output.squeeze(0) if input.dim() == 3 else output
 
 
 def _adaptive_avg_pool2d(input: Tensor, output_size: List[int]) -> Tensor:
-    if input.dim() == 3:
-        return ops.adaptive_avg_pool2d(input.unsqueeze(0), output_size).squeeze(0)
-    return ops.adaptive_avg_pool2d(input, output_size)
+    batched = input.unsqueeze(0) if input.dim() == 3 else input
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        output = ops.adaptive_avg_pool2d(batched, output_size)
+    else:
+        output = _C.adaptive_avg_pool2d(batched, output_size)
+    return output.squeeze(0) if input.dim() == 3 else output
 
 
 def _batch_norm(
@@ -107,9 +132,14 @@ def _batch_norm(
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {list(input.shape)}"
             )
-    output, _, _, new_running_mean, new_running_var = ops.batch_norm(
-        input, weight, bias, running_mean, running_var, training, momentum, eps
-    )
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        output, _, _, new_running_mean, new_running_var = ops.batch_norm(
+            input, weight, bias, running_mean, running_var, training, momentum, eps
+        )
+    else:
+        output, _, _, new_running_mean, new_running_var = _C.batch_norm(
+            input, weight, bias, running_mean, running_var, training, momentum, eps
+        )
     if training and running_mean is not None and running_var is not None:
         # In place, as torch.nn.functional.batch_norm updates them. The new
         # values are not differentiable; only statistics that require grad
