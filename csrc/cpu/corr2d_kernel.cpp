@@ -392,7 +392,7 @@ Corr2dPath corr2d_path(
   if (direct && cpu::direct_before_winograd(g, out_channels, groups, pass)) {
     return Corr2dPath::kDirect;
   }
-  if (winograd && cpu::use_winograd_corr2d(g, out_channels, groups, batch, dtype)) {
+  if (winograd && cpu::use_winograd_corr2d(g, out_channels, groups, batch, dtype, pass)) {
     return Corr2dPath::kWinograd;
   }
   if (direct) {
