@@ -3,7 +3,7 @@
 // convolutions with few channels per group, and layers with few output
 // channels on mid-sized maps (on small maps, the passes where they are
 // faster), run direct loops instead (corr2d_direct.h, use_direct_corr2d);
-// float32 3x3 stride-1 layers of many channels run Winograd's F(2x2, 3x3),
+// float32 3x3 and 5x5 stride-1 layers of many channels run Winograd (F(2x2, 3x3), F(2x2, 5x5)),
 // forward and backward (corr2d_winograd.h, use_winograd_corr2d); float32
 // layers with small output maps and at most 128 outputs run im2col over
 // channels-last rows, the whole batch one product (corr2d_rows.h,
@@ -392,7 +392,7 @@ Corr2dPath corr2d_path(
   if (direct && cpu::direct_before_winograd(g, out_channels, groups, pass)) {
     return Corr2dPath::kDirect;
   }
-  if (winograd && cpu::use_winograd_corr2d(g, out_channels, groups, batch, dtype, pass)) {
+  if (winograd && cpu::use_winograd_corr2d(g, out_channels, groups, batch, dtype)) {
     return Corr2dPath::kWinograd;
   }
   if (direct) {

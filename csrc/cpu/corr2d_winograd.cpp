@@ -80,6 +80,18 @@ struct F2x2_3x3 {
     y[0] = m[0] + m[1] + m[2];
     y[1] = m[1] - m[2] - m[3];
   }
+  // The weight gradient's steps, the transposes: w = A e, dg = Gᵀ du.
+  static inline void grad_output(const float (&e)[2], float (&w)[kBlock]) {
+    w[0] = e[0];
+    w[1] = e[0] + e[1];
+    w[2] = e[0] - e[1];
+    w[3] = -e[1];
+  }
+  static inline void kernel_gradient(const float (&du)[kBlock], float (&dg)[kKernel]) {
+    dg[0] = du[0] + 0.5f * (du[1] + du[2]);
+    dg[1] = 0.5f * (du[1] - du[2]);
+    dg[2] = 0.5f * (du[1] + du[2]) + du[3];
+  }
 };
 
 // F(2x2, 5x5), the matrices above: 36 multiplications for a tile's 100
@@ -110,6 +122,22 @@ struct F2x2_5x5 {
     y[0] = m[0] + m[1] + m[2] + m[3] + m[4];
     y[1] = m[1] - m[2] + 0.5f * m[3] - 2.0f * m[4] + m[5];
   }
+  static inline void grad_output(const float (&e)[2], float (&w)[kBlock]) {  // w = A e
+    w[0] = e[0];
+    w[1] = e[0] + e[1];
+    w[2] = e[0] - e[1];
+    w[3] = e[0] + 0.5f * e[1];
+    w[4] = e[0] - 2.0f * e[1];
+    w[5] = e[1];
+  }
+  static inline void kernel_gradient(const float (&du)[kBlock], float (&dg)[kKernel]) {  // dg = Gᵀ du
+    const float sum = (du[1] + du[2]) * (1.0f / 3.0f), difference = (du[1] - du[2]) * (1.0f / 3.0f);
+    dg[0] = du[0] + difference - (16.0f * du[3] - du[4]) * (1.0f / 15.0f);
+    dg[1] = sum - (8.0f * du[3] + 2.0f * du[4]) * (1.0f / 15.0f);
+    dg[2] = difference - (4.0f * du[3] - 4.0f * du[4]) * (1.0f / 15.0f);
+    dg[3] = sum - (2.0f * du[3] + 8.0f * du[4]) * (1.0f / 15.0f);
+    dg[4] = difference - (du[3] - 16.0f * du[4]) * (1.0f / 15.0f) + du[5];
+  }
 };
 
 // Below this many channels on either side, the products are too shallow or
@@ -126,7 +154,8 @@ constexpr int64_t kMinOutChannelsOfMany = 8;
 // against im2col + GEMM (2 threads, two runs): 0.53-0.56 of its time for
 // 96 -> 256 on 26x26 and 16x16 and 128 -> 128 on 12x12 at batch 8 (NiN's,
 // AlexNet's and GoogLeNet's shapes), 0.72 for 96 -> 256 on 26x26 at batch 1,
-// 0.62-0.79 for 32 -> 96 on 12x12, 0.76-1.15 on 6x6 maps (BENCHMARKS.md).
+// 0.62-0.79 for 32 -> 96 on 12x12, 0.76-1.15 on 6x6 maps; its weight
+// gradient 0.53-0.73, but 1.11 for 32 -> 64 on 6x6 at batch 8 (BENCHMARKS.md).
 
 // Below this many tiles in the batch, transforming the weight (16 or 36 x O
 // x C values, again for every call, as training changes it) costs more than
@@ -475,19 +504,17 @@ void run(const float* x, const at::Tensor& transformed, const float* bias, const
 }
 
 // The weight's gradient. With Y = Aᵀ (U ⊙ V) A for each tile, the gradient
-// of U = G g Gᵀ is, for each of the 16 taps, a sum over tiles:
-// dU[t] (O x C) = Σ_q (A dY_q Aᵀ)[t] V_q[t] -- 16 matrix products of depth
-// tiles -- and the kernel's gradient is dg = Gᵀ dU G.
-//
-// F(2x2, 3x3) only: a 5x5 layer's weight gradient runs im2col + GEMM
-// (use_winograd_corr2d).
-constexpr int64_t kTaps = F2x2_3x3::kTaps;
+// of U = G g Gᵀ is, for each tap, a sum over tiles:
+// dU[t] (O x C) = Σ_q (A dY_q Aᵀ)[t] V_q[t] -- 16 (or 36) matrix products of
+// depth tiles -- and the kernel's gradient is dg = Gᵀ dU G.
 
 // w[(t * count + q) * out_channels + o] = (A e Aᵀ)[t], e the 2x2 block of
 // grad_output (N, OH, OW, O) of tile first + q and channel o, zero past the
-// edge of an odd-sized map; A = (Aᵀ)ᵀ, 4 x 2.
-PYCNN_VECTOR_CLONES void transform_grad_output(
+// edge of an odd-sized map; A = (Aᵀ)ᵀ, kBlock x 2.
+template <typename F>
+PYCNN_INLINE void transform_grad_output_of(
     const float* gy, const Problem& p, int64_t first, int64_t count, const float* zeros, float* w) {
+  constexpr int B = F::kBlock;
   const int64_t channels = p.out_channels;
   const int64_t tap_stride = count * channels;
   for (int64_t q = 0; q < count; ++q) {
@@ -500,37 +527,56 @@ PYCNN_VECTOR_CLONES void transform_grad_output(
       }
     }
     float* out = w + q * channels;
-#pragma omp simd  // the 4 rows read and the 16 written never overlap
+#pragma omp simd  // the 4 rows read and the rows written never overlap
     for (int64_t o = 0; o < channels; ++o) {
-      float ae[4][2];  // A e
+      float ae[B][2];  // A e, column by column
+#pragma GCC unroll 2
       for (int j = 0; j < 2; ++j) {
-        const float e0 = e[0][j][o], e1 = e[1][j][o];
-        ae[0][j] = e0;
-        ae[1][j] = e0 + e1;
-        ae[2][j] = e0 - e1;
-        ae[3][j] = -e1;
+        const float column[2] = {e[0][j][o], e[1][j][o]};
+        float transformed[B];
+        F::grad_output(column, transformed);
+#pragma GCC unroll 36
+        for (int i = 0; i < B; ++i) {
+          ae[i][j] = transformed[i];
+        }
       }
-      for (int i = 0; i < 4; ++i) {  // (A e) Aᵀ, row i
-        out[(i * 4 + 0) * tap_stride + o] = ae[i][0];
-        out[(i * 4 + 1) * tap_stride + o] = ae[i][0] + ae[i][1];
-        out[(i * 4 + 2) * tap_stride + o] = ae[i][0] - ae[i][1];
-        out[(i * 4 + 3) * tap_stride + o] = -ae[i][1];
+#pragma GCC unroll 36
+      for (int i = 0; i < B; ++i) {  // (A e) Aᵀ, row i
+        float row[B];
+        F::grad_output(ae[i], row);
+#pragma GCC unroll 36
+        for (int j = 0; j < B; ++j) {
+          out[(i * B + j) * tap_stride + o] = row[j];
+        }
       }
     }
   }
 }
 
-// Tiles of a block of the weight's gradient: each block adds its 16 products
-// onto the thread's dU (16 x O x C), so longer blocks read and write it less.
-constexpr int64_t kTilesPerGradientBlock = 512;
+PYCNN_VECTOR_CLONES void transform_grad_output(
+    F2x2_3x3, const float* gy, const Problem& p, int64_t first, int64_t count, const float* zeros, float* w) {
+  transform_grad_output_of<F2x2_3x3>(gy, p, first, count, zeros, w);
+}
 
-// dg[k] = Gᵀ dU_k G for the kernels k in [begin, end), dU_k's 16 entries at
+PYCNN_VECTOR_CLONES void transform_grad_output(
+    F2x2_5x5, const float* gy, const Problem& p, int64_t first, int64_t count, const float* zeros, float* w) {
+  transform_grad_output_of<F2x2_5x5>(gy, p, first, count, zeros, w);
+}
+
+// Tiles of a block of the weight's gradient, for 16 taps: each block adds its
+// products onto the thread's dU (taps x O x C), so longer blocks read and
+// write it less; with 36 taps, blocks hold as many values, fewer tiles.
+constexpr int64_t kTileTapsPerGradientBlock = 512 * 16;
+
+// dg[k] = Gᵀ dU_k G for the kernels k in [begin, end), dU_k's entries at
 // du[t * kernels + k], after adding into them the other `slots` - 1 partial
 // sums, `slot_stride` apart. Returns whether every sum was finite.
-PYCNN_VECTOR_CLONES bool transform_weight_gradient(
+template <typename F>
+PYCNN_INLINE bool transform_weight_gradient_of(
     float* du, int64_t slots, int64_t slot_stride, int64_t kernels, int64_t begin, int64_t end, float* dg) {
+  constexpr int K = F::kKernel, B = F::kBlock;
   for (int64_t slot = 1; slot < slots; ++slot) {
-    for (int t = 0; t < kTaps; ++t) {
+    for (int t = 0; t < F::kTaps; ++t) {
       float* into = du + t * kernels;
       const float* from = du + slot * slot_stride + t * kernels;
       for (int64_t k = begin; k < end; ++k) {
@@ -540,40 +586,59 @@ PYCNN_VECTOR_CLONES bool transform_weight_gradient(
   }
   bool finite = true;
   for (int64_t k = begin; k < end; ++k) {
-    float u[4][4];
-    for (int t = 0; t < kTaps; ++t) {
-      u[t / 4][t % 4] = du[t * kernels + k];
-      finite = finite && std::isfinite(u[t / 4][t % 4]);
+    float u[B][B];
+    for (int t = 0; t < F::kTaps; ++t) {
+      u[t / B][t % B] = du[t * kernels + k];
+      finite = finite && std::isfinite(u[t / B][t % B]);
     }
-    float gu[3][4];  // Gᵀ dU
-    for (int j = 0; j < 4; ++j) {
-      gu[0][j] = u[0][j] + 0.5f * (u[1][j] + u[2][j]);
-      gu[1][j] = 0.5f * (u[1][j] - u[2][j]);
-      gu[2][j] = 0.5f * (u[1][j] + u[2][j]) + u[3][j];
+    float gu[K][B];  // Gᵀ dU, column by column
+    for (int j = 0; j < B; ++j) {
+      float column[B], transformed[K];
+      for (int i = 0; i < B; ++i) {
+        column[i] = u[i][j];
+      }
+      F::kernel_gradient(column, transformed);
+      for (int i = 0; i < K; ++i) {
+        gu[i][j] = transformed[i];
+      }
     }
-    float* out = dg + k * 9;
-    for (int i = 0; i < 3; ++i) {  // (Gᵀ dU) G, row i
-      out[i * 3 + 0] = gu[i][0] + 0.5f * (gu[i][1] + gu[i][2]);
-      out[i * 3 + 1] = 0.5f * (gu[i][1] - gu[i][2]);
-      out[i * 3 + 2] = 0.5f * (gu[i][1] + gu[i][2]) + gu[i][3];
+    float* out = dg + k * K * K;
+    for (int i = 0; i < K; ++i) {  // (Gᵀ dU) G, row i
+      float row[K];
+      F::kernel_gradient(gu[i], row);
+      for (int j = 0; j < K; ++j) {
+        out[i * K + j] = row[j];
+      }
     }
   }
   return finite;
 }
 
-// grad_weight (O, C, 3, 3) of the correlation of x (N, H, W, C) giving
+PYCNN_VECTOR_CLONES bool transform_weight_gradient(
+    F2x2_3x3, float* du, int64_t slots, int64_t slot_stride, int64_t kernels, int64_t begin, int64_t end, float* dg) {
+  return transform_weight_gradient_of<F2x2_3x3>(du, slots, slot_stride, kernels, begin, end, dg);
+}
+
+PYCNN_VECTOR_CLONES bool transform_weight_gradient(
+    F2x2_5x5, float* du, int64_t slots, int64_t slot_stride, int64_t kernels, int64_t begin, int64_t end, float* dg) {
+  return transform_weight_gradient_of<F2x2_5x5>(du, slots, slot_stride, kernels, begin, end, dg);
+}
+
+// grad_weight (O, C, k, k) of the correlation of x (N, H, W, C) giving
 // grad_output gy (N, OH, OW, O); false where a sum dU is not finite (see
 // corr2d_winograd_backward_weight).
+template <typename F>
 bool run_weight_gradient(const float* x, const float* gy, const Problem& p, float* grad_weight) {
+  constexpr int64_t taps = F::kTaps;
   const int64_t tiles = p.tiles();
-  const auto [blocks, block_tiles] = plan_blocks(tiles, kTilesPerGradientBlock);
+  const auto [blocks, block_tiles] = plan_blocks(tiles, kTileTapsPerGradientBlock / taps);
   const int64_t slots = std::min<int64_t>(at::get_num_threads(), blocks);
   const auto options = at::TensorOptions().dtype(at::kFloat);
   // Each thread sums its blocks' products into its own slot of `partial`
   // (every thread gets at least one block: the first one overwrites).
-  at::Tensor partial = at::empty({slots, kTaps, p.out_channels, p.channels}, options);
+  at::Tensor partial = at::empty({slots, taps, p.out_channels, p.channels}, options);
   const std::vector<float> zeros(std::max(p.channels, p.out_channels), 0.0f);
-  const int64_t block_floats = kTaps * (p.channels + p.out_channels) * block_tiles;
+  const int64_t block_floats = taps * (p.channels + p.out_channels) * block_tiles;
   at::Tensor scratch = at::empty({slots, block_floats}, options);
 
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -585,12 +650,12 @@ bool run_weight_gradient(const float* x, const float* gy, const Problem& p, floa
     for (int64_t index = begin; index < end; ++index) {
       const int64_t first = index * block_tiles;
       const int64_t count = std::min(block_tiles, tiles - first);
-      const at::Tensor v = mine.narrow(0, 0, kTaps * count * p.channels).view({kTaps, count, p.channels});
-      const at::Tensor w = mine.narrow(0, kTaps * count * p.channels, kTaps * count * p.out_channels)
-                               .view({kTaps, count, p.out_channels});
-      transform_input(F2x2_3x3{}, x, p, first, count, zeros.data(), v.mutable_data_ptr<float>());
-      transform_grad_output(gy, p, first, count, zeros.data(), w.mutable_data_ptr<float>());
-      for (int64_t t = 0; t < kTaps; ++t) {
+      const at::Tensor v = mine.narrow(0, 0, taps * count * p.channels).view({taps, count, p.channels});
+      const at::Tensor w =
+          mine.narrow(0, taps * count * p.channels, taps * count * p.out_channels).view({taps, count, p.out_channels});
+      transform_input(F{}, x, p, first, count, zeros.data(), v.mutable_data_ptr<float>());
+      transform_grad_output(F{}, gy, p, first, count, zeros.data(), w.mutable_data_ptr<float>());
+      for (int64_t t = 0; t < taps; ++t) {
         at::Tensor sum_t = sum[t];
         gemm(sum_t, w[t].t(), v[t], /*accumulate=*/index != begin);
       }
@@ -602,7 +667,7 @@ bool run_weight_gradient(const float* x, const float* gy, const Problem& p, floa
   std::atomic<bool> all_finite{true};
   at::parallel_for(0, kernels, 256, [&](int64_t begin, int64_t end) {
     if (!transform_weight_gradient(
-            partial.mutable_data_ptr<float>(), slots, kTaps * kernels, kernels, begin, end, grad_weight)) {
+            F{}, partial.mutable_data_ptr<float>(), slots, taps * kernels, kernels, begin, end, grad_weight)) {
       all_finite = false;
     }
   });
@@ -612,13 +677,11 @@ bool run_weight_gradient(const float* x, const float* gy, const Problem& p, floa
 }  // namespace
 
 bool use_winograd_corr2d(
-    const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype,
-    Corr2dPass pass) {
+    const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype) {
   const int64_t kernel = g.kernel_h;
   const int64_t tiles = batch * ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2);
-  // A 5x5 layer's weight gradient runs im2col + GEMM (see corr2d_winograd.h);
-  // the 128 -> 8 rule of the thresholds above was measured on 3x3 layers only.
-  const bool f2x2_5x5 = kernel == 5 && pass != Corr2dPass::kBackwardWeight && out_channels >= kMinChannels;
+  // The 128 -> 8 rule of the thresholds above was measured on 3x3 layers only.
+  const bool f2x2_5x5 = kernel == 5 && out_channels >= kMinChannels;
   return winograd_enabled() && dtype == at::kFloat && groups == 1 && g.kernel_w == kernel &&
       (kernel == 3 || f2x2_5x5) && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 &&
       g.pad_h <= kernel - 1 && g.pad_w <= kernel - 1 && g.channels >= kMinChannels &&
@@ -677,11 +740,11 @@ bool corr2d_winograd_backward_input(
 
 bool corr2d_winograd_backward_weight(
     const at::Tensor& grad_output, const at::Tensor& input, const Corr2dGeometry& g, at::Tensor& grad_weight) {
-  TORCH_INTERNAL_ASSERT(g.kernel_h == 3 && g.kernel_w == 3, "Winograd's weight gradient is F(2x2, 3x3)'s");
   const Problem p{input.size(0), g.channels, g.in_h, g.in_w, g.pad_h, g.pad_w, grad_output.size(1), g.out_h, g.out_w};
   const at::Tensor input_nhwc = input.permute({0, 2, 3, 1}).contiguous();
   const at::Tensor grad_output_nhwc = grad_output.permute({0, 2, 3, 1}).contiguous();
-  return run_weight_gradient(
+  const auto run = g.kernel_h == 5 ? &run_weight_gradient<F2x2_5x5> : &run_weight_gradient<F2x2_3x3>;
+  return run(
       input_nhwc.const_data_ptr<float>(), grad_output_nhwc.const_data_ptr<float>(), p,
       grad_weight.mutable_data_ptr<float>());
 }

@@ -12,29 +12,25 @@
 //
 // The input gradient of a stride-1 correlation is itself one: grad_input =
 // corr2d(grad_output, the weight transposed (O <-> C) and flipped, padding
-// k - 1 - padding), so the same code runs it. The weight gradient of a 3x3
-// kernel is 16 products too, each summing over the batch's tiles
-// (corr2d_winograd.cpp); a 5x5 kernel's runs im2col + GEMM.
+// k - 1 - padding), so the same code runs it. The weight gradient is 16
+// (36) products too, each summing over the batch's tiles (corr2d_winograd.cpp).
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include "corr2d_direct.h"  // Corr2dPass
 #include "pycnn/geometry.h"
 
 namespace pycnn {
 namespace cpu {
 
-// Whether this pass of corr2d of this geometry runs Winograd: float32, a 3x3
-// kernel (every pass) or a 5x5 one (the forward and the input gradient),
-// stride 1, dilation 1, ungrouped, padding at most kernel - 1, enough
+// Whether corr2d of this geometry runs Winograd (every pass): float32, a 3x3
+// or 5x5 kernel, stride 1, dilation 1, ungrouped, padding at most kernel - 1, enough
 // channels for the products to be GEMM-sized, an output map of at least 4x4
 // and enough 2x2 tiles in the batch to repay the weight's transform (the
 // thresholds, measured, are in corr2d_winograd.cpp). PYCNN_CPU_WINOGRAD=0 in
 // the environment turns it off, to compare.
 bool use_winograd_corr2d(
-    const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype,
-    Corr2dPass pass);
+    const Corr2dGeometry& g, int64_t out_channels, int64_t groups, int64_t batch, at::ScalarType dtype);
 
 // input (N, C, H, W), weight (O, C, k, k), bias (O) or undefined, all
 // contiguous float32; output (N, O, OH, OW), allocated by the caller.
@@ -52,9 +48,9 @@ bool corr2d_winograd_backward_input(
     const at::Tensor& grad_output, const at::Tensor& weight, const Corr2dGeometry& g, at::Tensor& grad_input);
 
 // grad_output (N, O, OH, OW), input (N, C, H, W), contiguous float32;
-// grad_weight (O, C, 3, 3) (a 3x3 kernel only), allocated by the caller. Returns false where an
-// inf or NaN reached the sums: dg = Gᵀ dU G mixes a kernel's 16 sums into
-// each of its 9 gradients, so one non-finite sum would make all 9 NaN where
+// grad_weight (O, C, k, k), allocated by the caller. Returns false where an
+// inf or NaN reached the sums: dg = Gᵀ dU G mixes a kernel's 16 (36) sums into
+// each of its 9 (25) gradients, so one non-finite sum would make all 9 NaN where
 // native's reach only the taps that read the value (the caller then runs
 // im2col + GEMM, which overwrites grad_weight).
 bool corr2d_winograd_backward_weight(
